@@ -224,7 +224,7 @@ def trials_table(study) -> pd.DataFrame:
 def _plot(fn, study, path, width=None, **kw):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
-    with warnings.catch_warnings(), plt.ioff():
+    with warnings.catch_warnings():  # no plt.ioff(): toggling it breaks IPython callbacks under nbdev-test
         warnings.simplefilter('ignore')
         ax = fn(study, **kw)
         ax = ax.flat[0] if hasattr(ax, 'flat') else ax

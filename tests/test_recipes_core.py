@@ -215,10 +215,16 @@ def test_resume_errors(tmp_path, data):
         train('toy-test', data, tmp_path / 'cut', resume=True, epochs=6)
 
 
-def test_fresh_train_replaces_an_old_run(tmp_path, data):
+def test_fresh_train_refuses_an_old_run_unless_overwrite(tmp_path, data):
+    "Never lose work: a new run into a folder holding one is an error that keeps every file; `overwrite=True` replaces it."
     out = tmp_path / 'm'
     with pytest.raises(TrainingInterrupted): train('toy-test', data, out, show_progress=False, cbs=[RaiseAt(2)])
-    m = train('toy-test', data, out, show_progress=False, epochs=2)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    assert 'checkpoint.pth' in before
+    with pytest.raises(MedvisionError, match=r'already holds a run.*--resume.*--overwrite'):
+        train('toy-test', data, out, show_progress=False, epochs=2)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    m = train('toy-test', data, out, show_progress=False, epochs=2, overwrite=True)
     assert m['epochs_run'] == 2 and m['resumed_from_epoch'] is None
 
 

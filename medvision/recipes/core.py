@@ -305,6 +305,7 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
           data, # The dataset (folder/file) the task's `build_dls` reads
           out, # Output folder: model.pth, recipe.json, metrics.json, loss.png, checkpoint.pth
           resume:bool=False, # Continue the interrupted run in `out` from its checkpoint
+          overwrite:bool=False, # Replace an earlier run already in `out` (otherwise that is an error: never lose work)
           show_progress:bool=True, # fastai progress bar and epoch table
           cbs=None, # Extra fastai callbacks
           **overrides) -> dict: # Recipe fields to change (`epochs`, `size`, `bs`, `arch`, `pretrained`, `seed`, `lr`, ...); `None` values are ignored
@@ -314,8 +315,11 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
     if resume: _check_resume(out, recipe)
     else:
         old = [n for n in _RUN_FILES if (out/n).exists()]
+        if old and not overwrite:
+            raise MedvisionError(f"already holds a run ({', '.join(old)}); continue it with resume=True (--resume), "
+                                 "replace it with overwrite=True (--overwrite), or train into another folder", out)
         if old:
-            print(f"{out} held an earlier run ({', '.join(old)}): replacing it")
+            print(f"{out} held an earlier run ({', '.join(old)}): replacing it (overwrite=True)")
             for n in old: (out/n).unlink()
     task = get_task(recipe.task)
     seed_everything(recipe.seed)
