@@ -9,8 +9,8 @@ For each workflow (`bodypart`, `chestct`, `mri`) both methods get, in one run:
 - the same selection rule: the epoch with the best validation macro F1 (Keras `ModelCheckpoint` / fastai
   `SaveModelCallback` style) and the same scoring (sklearn `f1_score(average='macro', zero_division=0)`).
 
-seed-style loop (what the seed notebooks do, in plain PyTorch + torchvision): PIL → `Resize((s, s))` (squash),
-the seed's augmentations through torchvision, `Adam(lr=1e-3)` at a constant rate, cross-entropy;
+seed-style loop (what the seed notebooks do, in plain PyTorch + torchvision): PIL → `Resize((s, s))` (squash; chest CT:
+seed 003's aspect-preserving resize with zero padding, `ImageOps.pad`), the seed's augmentations through torchvision, `Adam(lr=1e-3)` at a constant rate, cross-entropy;
   bodypart (seed 000): percentile window (1, 99) → RGB, ImageNet normalisation, RandomResizedCrop(0.6), flips,
                         rotation 30°, lighting 0.4, RandomOverSampler on the training split;
   chestct  (seed 003): gray, rescale 1/255, horizontal flip, rotation 10°, brightness/contrast 0.1;
@@ -71,8 +71,9 @@ class SeedDataset(torch.utils.data.Dataset):
                'chestct': [T.RandomHorizontalFlip(), T.RandomRotation(10), T.ColorJitter(brightness=0.1, contrast=0.1)],
                'mri': [T.RandomAffine(0, shear=11.3, scale=(0.8, 1.2)), T.RandomHorizontalFlip()]}[workflow]
         norm = [T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])] if workflow == 'bodypart' else []
-        self.tfm = T.Compose([T.Resize((size, size)), *(aug if train else []), T.ToTensor(), *norm])
-        self.train = train
+        resize = [] if workflow == 'chestct' else [T.Resize((size, size))]   # chest CT: padded in __getitem__ (seed 003)
+        self.tfm = T.Compose([*resize, *(aug if train else []), T.ToTensor(), *norm])
+        self.train, self.size = train, size
     def __len__(self): return len(self.paths)
     def __getitem__(self, i):
         from PIL import Image
@@ -83,6 +84,9 @@ class SeedDataset(torch.utils.data.Dataset):
             a = (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
             im = Image.fromarray(a).convert('RGB')
         else: im = im.convert('L')
+        if self.workflow == 'chestct':
+            from PIL import ImageOps
+            im = ImageOps.pad(im, (self.size, self.size), color=0)   # keep the aspect ratio, pad with black
         x = self.tfm(im)
         if self.workflow == 'mri' and self.train: x = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)   # GaussianNoise(0.1)
         return x, self.labels[i]
@@ -131,9 +135,17 @@ def seed_loop(df, classes, workflow, arch, n_in, size, epochs, bs, seed=0):
 
 
 # ---------------------------------------------------------------- the medvision recipe
-def medvision_run(df, cfg, out):
+def _mean_runs(runs, seeds):
+    "One run's dict, or the mean of the scores over several seeds with the per-seed values kept."
+    if len(runs) == 1: return runs[0]
+    keys = ('macro_f1', 'accuracy', 's_per_epoch')
+    return {**{k: round(float(np.mean([r[k] for r in runs])), 4) for k in keys}, 'seeds': seeds,
+            'per_seed': [{k: r[k] for k in ('macro_f1', 'accuracy', 's_per_epoch', 'best_epoch')} for r in runs]}
+
+
+def medvision_run(df, cfg, out, seed=0):
     r = get_recipe(cfg['recipe'])
-    kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False, schedule='one_cycle', seed=0)
+    kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False, schedule='one_cycle', seed=seed)
     if 'sampler' in cfg: kw['sampler'] = cfg['sampler']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -151,6 +163,7 @@ def main(argv=None):
     ap.add_argument('--only', default='bodypart,chestct,mri')
     ap.add_argument('--epochs', type=int); ap.add_argument('--size', type=int)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--seeds', default='0', help='comma-separated seeds; scores are averaged over them (valid sets are small)')
     ap.add_argument('--out', default=str(Path(__file__).resolve().parent/'results'/'classification.json'))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -171,15 +184,20 @@ def main(argv=None):
             r = get_recipe(cfg['recipe'])
             classes = list(df.attrs['classes'])
             print(f"[{wf}] {desc}: {split_name(df)}; {(df.split=='train').sum()} train / {(df.split=='valid').sum()} valid", flush=True)
-            seed = seed_loop(df, classes, wf, r.arch, r.n_in, cfg['size'], cfg['epochs'], cfg['bs'])
-            print(f"[{wf}] seed-style: {seed}", flush=True)
-            mv, r2, kw = medvision_run(df, cfg, Path(tmp)/f"{wf}-model")
-            print(f"[{wf}] medvision : {mv}", flush=True)
+            seeds, mvs = [], []
+            for sd in [int(x) for x in a.seeds.split(',')]:
+                seeds.append(seed_loop(df, classes, wf, r.arch, r.n_in, cfg['size'], cfg['epochs'], cfg['bs'], seed=sd))
+                print(f"[{wf}] seed {sd} seed-style: {seeds[-1]}", flush=True)
+                mv, r2, kw = medvision_run(df, cfg, Path(tmp)/f"{wf}-model-{sd}", seed=sd)
+                mvs.append(mv)
+                print(f"[{wf}] seed {sd} medvision : {mv}", flush=True)
+            seed, mv = _mean_runs(seeds, a.seeds), _mean_runs(mvs, a.seeds)
             res['workflows'][wf] = {
                 'data': desc, 'split': split_name(df),
                 'n_train': int((df.split == 'train').sum()), 'n_valid': int((df.split == 'valid').sum()), 'classes': classes,
                 'settings': dict(arch=r.arch, n_in=r.n_in, size=cfg['size'], bs=cfg['bs'], epochs=cfg['epochs'], pretrained=False,
-                                 seed_loop='Adam lr 1e-3 constant, squash resize, seed augmentations (torchvision)',
+                                 seed_loop='Adam lr 1e-3 constant, ' + ('aspect-preserving pad' if wf == 'chestct' else 'squash') +
+                                           ' resize, seed augmentations (torchvision)',
                                  medvision=f"recipe {r.name} with overrides {kw}: augs {r.augs}, resize {r.extra.get('resize', 'crop')}, "
                                            f"sampler {kw.get('sampler', r.sampler)}, one-cycle AdamW lr {r.lr}"),
                 'seed': seed, 'medvision': mv, 'medvision_ge_seed': mv['macro_f1'] >= seed['macro_f1'],

@@ -2,9 +2,11 @@
 
 naive (per image):  pydicom.dcmread + .pixel_array + np.percentile(1, 99) + np.clip + scale + uint8
                     + PIL.Image.fromarray(...).convert('RGB')
-medvision:          medvision.dicom.read_dicom (modality LUT, MONOCHROME1 inverted) + percentile_window + to_rgb
+medvision:          medvision.intensity.dicom_percentile_window (stored integers + one lookup table: bit for bit
+                    read_dicom's modality LUT / MONOCHROME1 inversion + percentile_window) + to_rgb
                     → (3,H,W) uint8 (to_rgb of one channel is a broadcast view, no copy)
 medvision_pil:      the same, but to_rgb of a PIL image: a PIL RGB image like the naive path's (like for like)
+medvision_float:    the two-step path: read_dicom (float32 image in real units) + percentile_window + to_rgb
 naive_read, medvision_read: the read step of each path alone (where the time goes)
 
 Files: synthetic 12–16-bit CR radiographs of 2500×2000 (uncompressed, MONOCHROME2) written to a temp dir, a few
@@ -19,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medvision.core import shared_data, atomic_write_text
-from medvision.intensity import percentile_window, to_rgb
+from medvision.intensity import percentile_window, to_rgb, dicom_percentile_window
 
 try:
     from medvision.dicom import read_dicom
@@ -74,20 +76,24 @@ def naive(fn):
 
 
 def medvision(fn):
-    a, _ = read_dicom(fn)
-    return to_rgb(percentile_window(a, 1, 99, path=fn))
+    return to_rgb(dicom_percentile_window(fn, 1, 99))
 
 
 def medvision_pil(fn):
+    return to_rgb(Image.fromarray(dicom_percentile_window(fn, 1, 99)))
+
+
+def medvision_float(fn):
     a, _ = read_dicom(fn)
-    return to_rgb(Image.fromarray(percentile_window(a, 1, 99, path=fn)))
+    return to_rgb(percentile_window(a, 1, 99, path=fn))
 
 
 def naive_read(fn): return pydicom.dcmread(fn).pixel_array      # the read step alone, to see where the time goes
 def medvision_read(fn): return read_dicom(fn)[0]
 
 
-PATHS = dict(naive=naive, medvision=medvision, medvision_pil=medvision_pil, naive_read=naive_read, medvision_read=medvision_read)
+PATHS = dict(naive=naive, medvision=medvision, medvision_pil=medvision_pil, medvision_float=medvision_float, naive_read=naive_read,
+             medvision_read=medvision_read)
 
 
 def compare(fn):
@@ -95,6 +101,7 @@ def compare(fn):
     a = np.asarray(naive(fn)).astype(np.int16)
     b = np.moveaxis(np.asarray(medvision(fn)), 0, -1).astype(np.int16)
     assert np.array_equal(np.asarray(medvision_pil(fn)), np.moveaxis(np.asarray(medvision(fn)), 0, -1))
+    assert np.array_equal(np.asarray(medvision_float(fn)), np.asarray(medvision(fn)))   # the fast path is exact
     if a.shape != b.shape: return dict(equal=False, note=f"shapes differ: {a.shape} vs {b.shape}")
     d = np.abs(a - b)
     return dict(equal=bool((d == 0).all()), max_abs_diff=int(d.max()), frac_diff=float((d > 0).mean()))
@@ -159,8 +166,8 @@ def stages(fn, reps=5):
     return dict(naive=dict(read=best(lambda: pydicom.dcmread(fn).pixel_array), percentile=best(lambda: np.percentile(a, (1, 99))),
                            clip_scale_uint8=best(lambda: ((np.clip(a, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)),
                            pil_rgb=best(lambda: Image.fromarray(u).convert('RGB'))),
-                medvision=dict(read_dicom=best(lambda: read_dicom(fn)), percentile_window=best(lambda: percentile_window(x)),
-                               to_rgb=best(lambda: to_rgb(w))))
+                medvision=dict(dicom_percentile_window=best(lambda: dicom_percentile_window(fn)), to_rgb=best(lambda: to_rgb(w))),
+                medvision_float=dict(read_dicom=best(lambda: read_dicom(fn)), percentile_window=best(lambda: percentile_window(x))))
 
 
 def run(args, tmp):

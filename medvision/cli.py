@@ -15,7 +15,7 @@ from .core import MedvisionError, check_exists
 # %% auto #0
 __all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'md_table', 'metric_tables', 'metrics_text', 'metrics_markdown', 'load_recipes',
            'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate',
-           'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
+           'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #ba2ada8e
 class UsageError(Exception):
@@ -174,19 +174,52 @@ def cli_evaluate(model:Annotated[Path, "Model folder written by `medvision train
     return res
 
 # %% ../nbs/70_cli.ipynb #a4e09199
-def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`", {'required':True}]=None,
+def predict_exported(model, # A pickled fastai `Learner.export()` file
+                     files, # Image files the exported learner's DataBlock can open
+                     trust_pickle:bool=False, # Required: unpickling can run arbitrary code from the file
+                     out=None): # Folder for predicted masks (segmentation learners)
+    "Predict `files` with a fastai export `model`, loaded only with `trust_pickle`: a class table, or masks saved as `.npy`."
+    import numpy as np, pandas as pd
+    from medvision.core import atomic_write
+    from medvision.learner import load_exported
+    learn = load_exported(model, trust_pickle=trust_pickle)
+    vocab, rows = getattr(learn.dls, 'vocab', None), []
+    for f in files:
+        try:
+            with warnings.catch_warnings(): warnings.simplefilter('ignore'); dec,idx,probs = learn.predict(f)
+        except Exception as e:
+            raise MedvisionError(f"could not be predicted by the exported learner {model} ({type(e).__name__}: {e})", f) from None
+        if probs.ndim == 1:   # one label (or a multi-label set) per image
+            names = list(vocab) if vocab is not None and len(vocab) == len(probs) else list(range(len(probs)))
+            rows.append({'file': str(f), 'class': ';'.join(map(str, dec)) if isinstance(dec, (list, tuple)) else str(dec),
+                         **{f"prob_{c}": round(float(p), 6) for c,p in zip(names, probs)}})
+        else:                 # a mask: save the index mask
+            o = Path(out or 'predictions'); o.mkdir(parents=True, exist_ok=True)
+            mask = np.asarray(probs.argmax(0), dtype=np.uint8)
+            def _w(t, m=mask):
+                with open(t, 'wb') as fh: np.save(fh, m)
+            fn = atomic_write(o/f"{Path(f).name.split('.')[0]}_mask.npy", _w)
+            rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
+    return pd.DataFrame(rows)
+
+def cli_predict(model:Annotated[Path, "Model folder written by `medvision train` (or, with --trust-pickle, a fastai export .pkl)", {'required':True}]=None,
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
-                out:Path=None): # Folder for predicted masks (segmentation; default: `predictions`)
+                out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
+                trust_pickle:bool=False): # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
-    mdir = check_model_dir(model)
     files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
-    core = load_recipes()
-    task = json.loads((mdir/'recipe.json').read_text()).get('task') if (mdir/'recipe.json').exists() else None
-    if out is None and task == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
-    kw = {'out': None if out is None else Path(out)}
-    if 'out' not in inspect.signature(core.predict).parameters: kw = {}
-    with hint(_model_desc(mdir)): df = core.predict(mdir, files, **kw)
+    mp = check_exists(model, 'model folder')
+    if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
+        df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
+    else:
+        mdir = check_model_dir(model)
+        core = load_recipes()
+        task = json.loads((mdir/'recipe.json').read_text()).get('task') if (mdir/'recipe.json').exists() else None
+        if out is None and task == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
+        kw = {'out': None if out is None else Path(out)}
+        if 'out' not in inspect.signature(core.predict).parameters: kw = {}
+        with hint(_model_desc(mdir)): df = core.predict(mdir, files, **kw)
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))

@@ -23,8 +23,8 @@ if all(importlib.util.find_spec(m) for m in ('kornia', 'skimage')):  # fastai.me
 else: from pydicom.dataset import Dataset as DcmDataset  # the very same class, without importing fastai.vision
 
 # %% auto #0
-__all__ = ['META_KEYS', 'PHI_TAGS', 'open_dicom', 'check_pixels', 'dicom_meta', 'read_dicom', 'dicom_from_array', 'dicom_meta_df',
-           'anonymize_dataset', 'anonymize']
+__all__ = ['META_KEYS', 'PHI_TAGS', 'open_dicom', 'check_pixels', 'dicom_meta', 'read_dicom', 'dicom_from_array',
+           'read_dicom_lut', 'dicom_meta_df', 'anonymize_dataset', 'anonymize']
 
 # %% ../nbs/01_dicom.ipynb #ec993697
 def _err(fn, msg): return MedvisionError(msg, fn if fn is not None else '<dataset>')
@@ -300,6 +300,37 @@ def dicom_from_array(arr:np.ndarray, # Stored values (uint8/16, int16): (H,W), (
     for k,v in tags.items(): setattr(ds, k, v)
     if fn is not None: ds.save_as(fn, enforce_file_format=True)
     return ds
+
+# %% ../nbs/01_dicom.ipynb #b9a406f3
+def read_dicom_lut(fn, # Path to a DICOM file
+                   frame:int=0, # Which frame of a multi-frame file
+                   max_span:int=1<<16): # Largest `max - min` of the stored values to tabulate
+    "Stored pixels of `fn` and a float32 table of their real values: `(a, mn, values, meta)`, `values[a - mn]` == `read_dicom(fn, frames=frame)[0]`; `None` where it does not apply."
+    ds = open_dicom(fn)
+    pi = str(ds.get('PhotometricInterpretation', '')).strip().upper()
+    if pi not in ('MONOCHROME1', 'MONOCHROME2') or int(ds.get('SamplesPerPixel') or 1) != 1: return None
+    f = _fname(ds)
+    ts = check_pixels(ds)
+    sel, idx = _frame_index(frame, _nframes(ds), f)
+    try: a, _ = get_decoder(ts).as_array(ds, index=sel)
+    except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit): raise
+    except BaseException as e:
+        what = 'compressed ' if ts.is_compressed else ''
+        raise _err(f, f"cannot decode the {what}pixel data ({ts.name}): {_why(e)}. Corrupt file or unsupported encoding?") from e
+    want = (int(ds.Rows), int(ds.Columns))
+    if tuple(a.shape) != want: raise _err(f, f"decoded pixels have shape {a.shape} but the header says {want}: corrupt file")
+    if a.dtype.kind not in 'iu' or a.size == 0: return None
+    if not a.dtype.isnative: a = a.astype(a.dtype.newbyteorder('='))   # big-endian files: native ints for the table
+    mn, mx = a.min(), a.max()
+    if int(mx) - int(mn) >= max_span: return None
+    values = _modality(np.arange(int(mn), int(mx) + 1).astype(a.dtype), ds, idx)   # the same float32 ops, per value
+    lo, hi = _value_range(ds, False)
+    if pi == 'MONOCHROME1': values = np.float32(lo + hi) - values
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    mod = ds.get('Modality')
+    units = ds.get('DoseUnits') if mod == 'RTDOSE' else ds.get('Units') if mod == 'PT' else ds.get('RescaleType') or ('HU' if mod == 'CT' else None)
+    info = dict(voi=False, inverted=pi == 'MONOCHROME1', units=units, range=(lo, hi))
+    return a, mn, values, {**_guard(dicom_meta)(ds), **info, 'shape': a.shape}
 
 # %% ../nbs/01_dicom.ipynb #5f257df9
 def _header_row(fn):

@@ -12,8 +12,8 @@ from PIL import Image
 from .core import MedvisionError
 
 # %% auto #0
-__all__ = ['CT_WINDOWS', 'fast_percentile', 'percentile_window', 'PercentileWindow', 'hu_window', 'window', 'HUWindow',
-           'MultiWindow', 'Standardize', 'to_rgb', 'ToRGB']
+__all__ = ['CT_WINDOWS', 'fast_percentile', 'percentile_window', 'dicom_percentile_window', 'PercentileWindow', 'hu_window',
+           'window', 'HUWindow', 'MultiWindow', 'Standardize', 'to_rgb', 'ToRGB']
 
 # %% ../nbs/02_intensity.ipynb #a0cbbb4c
 _SAMPLE, _CH = 65521, 1 << 18   # sample size for brackets; chunk length for cache-sized passes
@@ -198,6 +198,48 @@ def percentile_window(x, # Image: np.ndarray, tensor (any device) or PIL image; 
         res = torch.from_numpy(_window_np(x.detach().cpu().numpy(), lo, hi, path))   # CPU (and MPS: no float64 there)
         return retain_type(res.to(x.device), x)
     return _window_np(np.asarray(x), lo, hi, path)
+
+# %% ../nbs/02_intensity.ipynb #e8f60d1b
+def _window_stored(a, mn, values, lo, hi):
+    "`_window_np(values[a - mn], lo, hi)` without building that image; `None` where the shortcut is not exact."
+    if values.size == 0 or not np.isfinite(values).all(): return None
+    v = _u16_keys(values)   # the key form `_window_np` would use for the float image
+    if v is None:
+        if not np.array_equal(values, np.floor(values)): return None   # fractional: present pixels may still be integral
+        v = values   # integral but outside [0, 65535]: both endpoints are present pixels, so the image is outside too
+    inc, dec = bool(np.all(v[1:] >= v[:-1])), bool(np.all(v[1:] <= v[:-1]))
+    if not (inc or dec): return None
+    vmin, vmax = (v[0], v[-1]) if inc else (v[-1], v[0])   # a.min() and a.max() are pixels of the image
+    if vmin == vmax: return np.zeros(a.shape, np.uint8)
+    ar = np.ascontiguousarray(a).reshape(-1)
+    n = ar.size
+    prev, nxt, g = _virtual(n, (lo, hi))
+    if dec: prev, nxt = n - 1 - prev, n - 1 - nxt
+    off = int(mn)
+    sp, sn = _rank_values(ar, prev, nxt, ar.dtype.type(off), ar.dtype.type(off + v.size - 1))
+    plo, phi = _lerp(v[sp.astype(np.int64) - off], v[sn.astype(np.int64) - off], g)
+    lut = _win(v, plo, phi)
+    out, k = np.empty(n, np.uint8), np.empty(min(_CH, n), np.uint16)
+    for i in range(0, n, _CH):
+        c = ar[i:i+_CH]; kk = k[:c.size]
+        if ar.dtype.itemsize == 2: np.subtract(c, ar.dtype.type(mn), out=kk.view(ar.dtype))   # wraps into [0, span]: exact
+        else: kk[...] = c.astype(np.int64) - off
+        lut.take(kk, out=out[i:i+_CH], mode='wrap')
+    return out.reshape(a.shape)
+
+def dicom_percentile_window(fn, # Path to a DICOM file
+                            lo:float=1, # Lower percentile (0–100)
+                            hi:float=99, # Upper percentile (0–100)
+                            frame:int=0): # Frame of a multi-frame file
+    "`fn` clipped to its own `lo`–`hi` percentiles → uint8, exactly `percentile_window(read_dicom(fn, frames=frame)[0], lo, hi)`."
+    from medvision.dicom import read_dicom, read_dicom_lut
+    _check_q(lo, hi)
+    r = read_dicom_lut(fn, frame=frame)
+    if r is not None:
+        a, mn, values, _ = r
+        out = _window_stored(a, mn, values, lo, hi)
+        if out is not None: return out
+    return _window_np(read_dicom(fn, frames=frame)[0], lo, hi, path=fn)
 
 # %% ../nbs/02_intensity.ipynb #0529f875
 def _per_item(f, x):

@@ -274,3 +274,29 @@ def test_model_errors(seg_run, cls_run, tmp_path):
     (bad/'recipe.json').write_text((sd/'model'/'recipe.json').read_text())
     (bad/'model.pth').write_bytes((cd/'model'/'model.pth').read_bytes())
     fails(mv('predict', '--model', bad, sd/'data'/'test_images_medseg.npy'), 'model.pth')
+
+
+# ---- pickled fastai exports: refused unless --trust-pickle --------------------------------------------------------
+
+def test_predict_fastai_export_needs_trust_pickle(tmp_path):
+    "A fastai `export()` .pkl is only unpickled with --trust-pickle; the refusal says why, and with it the table is right."
+    import torch.nn as nn
+    from fastai.vision.all import ImageDataLoaders, Learner, Resize
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls, lvl in (('dark', 40), ('bright', 210)):
+        (tmp_path/'imgs'/cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.clip(lvl + rng.normal(0, 10, (16, 16)), 0, 255).astype(np.uint8)).save(tmp_path/'imgs'/cls/f'{i}.png')
+    dls = ImageDataLoaders.from_folder(tmp_path/'imgs', valid_pct=0.25, seed=0, item_tfms=Resize(16), bs=4, num_workers=0)
+    learn = Learner(dls, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)), path=tmp_path)
+    learn.export(tmp_path/'export.pkl')
+    img = tmp_path/'imgs'/'bright'/'0.png'
+    line = fails(mv('predict', '--model', tmp_path/'export.pkl', img), 'export.pkl', 'pickled fastai export', '--trust-pickle')
+    assert 'arbitrary code' in line
+    r = ok(mv('predict', '--model', tmp_path/'export.pkl', img, '--trust-pickle', '--csv', tmp_path/'p.csv'))
+    import pandas as pd
+    df = pd.read_csv(tmp_path/'p.csv')
+    assert list(df.columns) == ['file', 'class', 'prob_bright', 'prob_dark'] and len(df) == 1
+    assert df['class'][0] in ('bright', 'dark') and abs(df.prob_bright[0] + df.prob_dark[0] - 1) < 1e-5
+    assert not (tmp_path/'predictions').exists()

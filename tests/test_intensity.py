@@ -1,5 +1,6 @@
 "Tests for medvision.intensity: exact percentiles, windows, standardisation, to_rgb, masks untouched."
 import numpy as np, pytest, torch
+from pathlib import Path
 from PIL import Image
 from fastai.vision.all import TensorImage, TensorMask, PILImage, PILMask, Pipeline
 from medvision.core import MedvisionError
@@ -235,3 +236,35 @@ def test_real_dicom_corpus(shared_data):
         if fn is None: continue
         a, meta = read_dicom(fn)
         assert np.array_equal(percentile_window(a), reference_window(a)), name
+
+
+def _dicom_files(roots):
+    import pydicom
+    for root in roots:
+        for fn in sorted(Path(root).rglob('*')):
+            if fn.is_file() and fn.suffix.lower() not in ('.txt', '.md', '.json', '.py', '.gz', '.bz2', '.zip'): yield fn
+
+
+@pytest.mark.parametrize('where', ['pydicom', 'shared'])
+def test_dicom_percentile_window_equals_two_step_path(where, request):
+    "The stored-integer fast path gives the same bytes as read_dicom + percentile_window on every decodable file."
+    from pydicom.data import get_testdata_files
+    from medvision.dicom import read_dicom, read_dicom_lut
+    if where == 'pydicom': files = [Path(f) for f in get_testdata_files('*') if not f.endswith(('.txt', '.json', '.py'))]
+    else:
+        root = request.getfixturevalue('shared_data')('dicom-corpus')
+        files = list(_dicom_files([root]))
+    fast = checked = 0
+    for fn in files:
+        if fn.stat().st_size > 30e6: continue
+        try: x, _ = read_dicom(fn, frames=0)
+        except MedvisionError: continue
+        except Exception: continue   # not our concern here (the fuzz tests cover the reader's errors)
+        if x.size == 0 or not np.isfinite(x).all(): continue
+        try: want = percentile_window(x)
+        except MedvisionError: continue
+        assert np.array_equal(I.dicom_percentile_window(fn), want), fn.name
+        checked += 1
+        r = read_dicom_lut(fn)
+        fast += r is not None and I._window_stored(*r[:3], 1, 99) is not None
+    assert checked >= (40 if where == 'pydicom' else 5) and fast >= (15 if where == 'pydicom' else 5), (checked, fast)

@@ -106,7 +106,10 @@ class OpenImage:
     def array(self, fn)->np.ndarray:
         "The preprocessed uint8 array, (H,W) for `mode='gray'` else (H,W,3), of `fn`."
         from medvision.io import read_image
-        from medvision.intensity import to_rgb
+        from medvision.intensity import to_rgb, dicom_percentile_window
+        if self.window and self.mode != 'rgb' and Path(fn).suffix.lower() in ('.dcm', '.dicom'):
+            x = dicom_percentile_window(fn, self.lo, self.hi)   # grayscale DICOM: no float32 image (same bytes)
+            if x.ndim == 2: return x if self.mode == 'gray' else np.ascontiguousarray(np.moveaxis(np.asarray(to_rgb(x)), 0, -1))
         x = np.asarray(read_image(fn))
         if x.ndim == 3 and x.shape[-1] not in (3,4): x = x[0]   # multi-frame: first frame
         if x.ndim == 3: x = x[...,:3]                            # colour: drop alpha
