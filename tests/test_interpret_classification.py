@@ -39,6 +39,17 @@ def test_scores_match_sklearn():
     assert s['report_text'] == skm.classification_report(cp.targs, yp, target_names=cp.classes, digits=3, zero_division=0)
 
 
+def test_report_covers_present_classes_like_macro_f1():
+    "Classes neither in the targets nor predicted are left out, so the report's macro avg is the macro_f1 metric."
+    cp = _cp()
+    classes = cp.classes + ['never_seen_1', 'never_seen_2']
+    cp2 = ClassPreds(np.pad(cp.probs, ((0, 0), (0, 2))), cp.targs, classes, cp.items, cp.losses, split_name=cp.split_name)
+    s = scores(cp2)
+    assert 'never_seen_1' not in s['report'].index and list(s['report'].index[:4]) == cp.classes
+    assert s['report'].loc['macro avg', 'f1-score'] == pytest.approx(s['macro_f1'])
+    assert s['report_text'] == skm.classification_report(cp.targs, cp.probs.argmax(1), target_names=cp.classes, digits=3, zero_division=0)
+
+
 def test_multilabel_tuned_threshold():
     rng = np.random.default_rng(1)
     T = (rng.random((80, 5)) < 0.3).astype(int)

@@ -103,7 +103,10 @@ def scores(cp:ClassPreds, # Predictions of a set
         res = dict(accuracy=float((yt == yp).mean()) if len(yt) else 0.,
                    macro_f1=float(skm.f1_score(yt, yp, average='macro', zero_division=0)),
                    weighted_f1=float(skm.f1_score(yt, yp, average='weighted', zero_division=0)))
-    rep = classification_report_df(cp.targs, cp.preds, classes)
+    if cp.multi_label: rep = classification_report_df(cp.targs, cp.preds, classes)
+    else:   # like sklearn's default: the classes in the targets or predictions, so 'macro avg' f1 == macro_f1
+        keep = np.union1d(np.unique(cp.targs), np.unique(cp.preds)).astype(int)
+        rep = classification_report_df(np.searchsorted(keep, cp.targs), np.searchsorted(keep, cp.preds), [classes[i] for i in keep])
     res.update(n=len(cp), split=cp.split_name, report=rep, report_text=print_report(rep, digits=digits, show=False))
     return res
 
