@@ -301,24 +301,59 @@ def dicom_from_array(arr:np.ndarray, # Stored values (uint8/16, int16): (H,W), (
     if fn is not None: ds.save_as(fn, enforce_file_format=True)
     return ds
 
+# %% ../nbs/01_dicom.ipynb #311a7f65
+_RAW_TS = (pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian)
+
+def _raw_frame(fn, frame:int=0):
+    "`(stored pixels, header)` of frame `frame` of an uncompressed little-endian grayscale `fn`, read from disk in one copy; `None` where that does not apply."
+    import sys
+    if sys.byteorder != 'little' or not isinstance(frame, (int, np.integer)): return None
+    try:
+        ds = pydicom.dcmread(fn, defer_size=4096)   # header only: the pixel data stays on disk
+        raw = ds._dict.get(pydicom.tag.Tag('PixelData'))
+        ts = ds.file_meta.TransferSyntaxUID
+        r, c, spp = int(ds.Rows), int(ds.Columns), int(ds.get('SamplesPerPixel') or 1)
+        ba, bs, pr = int(ds.BitsAllocated), int(ds.get('BitsStored') or ds.BitsAllocated), int(ds.PixelRepresentation)
+        nf = int(ds.get('NumberOfFrames') or 1)
+        pi = str(ds.PhotometricInterpretation).strip().upper()
+    except Exception: return None   # anything unusual: the checked pydicom path says what is wrong
+    if (not isinstance(raw, pydicom.dataelem.RawDataElement) or raw.value is not None or ts not in _RAW_TS
+        or spp != 1 or ba not in (8, 16) or not 0 < bs <= ba or pr not in (0, 1) or not 0 <= frame < nf
+        or min(r, c) < 1 or pi not in ('MONOCHROME1', 'MONOCHROME2')): return None
+    dt = np.dtype(f"{'i' if pr else 'u'}{ba // 8}")
+    n = r * c; start = raw.value_tell + frame * n * dt.itemsize
+    if raw.length in (None, 0xFFFFFFFF) or raw.length < nf * n * dt.itemsize or Path(fn).stat().st_size < start + n * dt.itemsize: return None
+    a = np.fromfile(fn, dt, count=n, offset=start)
+    if a.size != n: return None
+    a = a.reshape(r, c)
+    if bs < ba:   # unused high bits: masked (unsigned) or sign-extended from BitsStored (signed), as pydicom does
+        sh = ba - bs
+        if pr: np.right_shift(np.left_shift(a, sh, out=a), sh, out=a)
+        else: np.bitwise_and(a, dt.type((1 << bs) - 1), out=a)
+    return a, ds
+
 # %% ../nbs/01_dicom.ipynb #b9a406f3
 def read_dicom_lut(fn, # Path to a DICOM file
                    frame:int=0, # Which frame of a multi-frame file
                    max_span:int=1<<16): # Largest `max - min` of the stored values to tabulate
     "Stored pixels of `fn` and a float32 table of their real values: `(a, mn, values, meta)`, `values[a - mn]` == `read_dicom(fn, frames=frame)[0]`; `None` where it does not apply."
-    ds = open_dicom(fn)
+    raw = _raw_frame(fn, frame)
+    if raw is not None: a, ds, idx = *raw, [frame]
+    else:
+        ds = open_dicom(fn)
+        pi = str(ds.get('PhotometricInterpretation', '')).strip().upper()
+        if pi not in ('MONOCHROME1', 'MONOCHROME2') or int(ds.get('SamplesPerPixel') or 1) != 1: return None
+        f = _fname(ds)
+        ts = check_pixels(ds)
+        sel, idx = _frame_index(frame, _nframes(ds), f)
+        try: a, _ = get_decoder(ts).as_array(ds, index=sel)
+        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit): raise
+        except BaseException as e:
+            what = 'compressed ' if ts.is_compressed else ''
+            raise _err(f, f"cannot decode the {what}pixel data ({ts.name}): {_why(e)}. Corrupt file or unsupported encoding?") from e
+        want = (int(ds.Rows), int(ds.Columns))
+        if tuple(a.shape) != want: raise _err(f, f"decoded pixels have shape {a.shape} but the header says {want}: corrupt file")
     pi = str(ds.get('PhotometricInterpretation', '')).strip().upper()
-    if pi not in ('MONOCHROME1', 'MONOCHROME2') or int(ds.get('SamplesPerPixel') or 1) != 1: return None
-    f = _fname(ds)
-    ts = check_pixels(ds)
-    sel, idx = _frame_index(frame, _nframes(ds), f)
-    try: a, _ = get_decoder(ts).as_array(ds, index=sel)
-    except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit): raise
-    except BaseException as e:
-        what = 'compressed ' if ts.is_compressed else ''
-        raise _err(f, f"cannot decode the {what}pixel data ({ts.name}): {_why(e)}. Corrupt file or unsupported encoding?") from e
-    want = (int(ds.Rows), int(ds.Columns))
-    if tuple(a.shape) != want: raise _err(f, f"decoded pixels have shape {a.shape} but the header says {want}: corrupt file")
     if a.dtype.kind not in 'iu' or a.size == 0: return None
     if not a.dtype.isnative: a = a.astype(a.dtype.newbyteorder('='))   # big-endian files: native ints for the table
     mn, mx = a.min(), a.max()

@@ -268,3 +268,21 @@ def test_dicom_percentile_window_equals_two_step_path(where, request):
         r = read_dicom_lut(fn)
         fast += r is not None and I._window_stored(*r[:3], 1, 99) is not None
     assert checked >= (40 if where == 'pydicom' else 5) and fast >= (15 if where == 'pydicom' else 5), (checked, fast)
+
+
+@pytest.mark.parametrize('signed', [False, True])
+def test_raw_reader_unused_high_bits(tmp_path, signed):
+    "12-bit data with garbage in the 4 unused high bits: the direct reader masks / sign-extends exactly like pydicom."
+    from medvision.dicom import dicom_from_array, read_dicom, read_dicom_lut, _raw_frame
+    rng = np.random.default_rng(3)
+    a = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, (3, 40, 30)).astype(np.int16 if signed else np.uint16)
+    ds = dicom_from_array(a, modality='CT' if signed else 'CR', bits_stored=12, **({'slope': 1, 'intercept': -1024} if signed else {}))
+    raw = np.frombuffer(ds.PixelData, np.uint16).copy()
+    raw = (raw & 0x0FFF) | (rng.integers(0, 16, raw.size).astype(np.uint16) << 12)   # garbage high bits
+    ds.PixelData = raw.tobytes()
+    fn = tmp_path / 'garbage.dcm'; ds.save_as(fn, enforce_file_format=True)
+    for frame in range(3):
+        assert _raw_frame(fn, frame) is not None
+        st, mn, values, _ = read_dicom_lut(fn, frame=frame)
+        np.testing.assert_array_equal(values[st.astype(np.int64) - int(mn)], read_dicom(fn, frames=frame)[0])
+        assert np.array_equal(I.dicom_percentile_window(fn, frame=frame), percentile_window(read_dicom(fn, frames=frame)[0]))
