@@ -180,7 +180,7 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
                      out=None): # Folder for predicted masks (segmentation learners)
     "Predict `files` with a fastai export `model`, loaded only with `trust_pickle`: a class table, or masks saved as `.npy`."
     import numpy as np, pandas as pd
-    from medvision.core import atomic_write
+    from medvision.core import atomic_save_npy
     from medvision.learner import load_exported
     learn = load_exported(model, trust_pickle=trust_pickle)
     vocab, rows = getattr(learn.dls, 'vocab', None), []
@@ -196,9 +196,7 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
         else:                 # a mask: save the index mask
             o = Path(out or 'predictions'); o.mkdir(parents=True, exist_ok=True)
             mask = np.asarray(probs.argmax(0), dtype=np.uint8)
-            def _w(t, m=mask):
-                with open(t, 'wb') as fh: np.save(fh, m)
-            fn = atomic_write(o/f"{Path(f).name.split('.')[0]}_mask.npy", _w)
+            fn = atomic_save_npy(mask, o/f"{Path(f).name.split('.')[0]}_mask.npy")
             rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
     return pd.DataFrame(rows)
 
@@ -213,13 +211,10 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
         df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
     else:
-        mdir = check_model_dir(model)
         core = load_recipes()
-        task = json.loads((mdir/'recipe.json').read_text()).get('task') if (mdir/'recipe.json').exists() else None
-        if out is None and task == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
-        kw = {'out': None if out is None else Path(out)}
-        if 'out' not in inspect.signature(core.predict).parameters: kw = {}
-        with hint(_model_desc(mdir)): df = core.predict(mdir, files, **kw)
+        mdir,meta = core.read_model_meta(model)
+        if out is None and meta['recipe']['task'] == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
+        with hint(_model_desc(mdir)): df = core.predict(mdir, files, out=out)
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))

@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SEG_CLASSES', 'SEG_FG', 'LESION_CLASSES', 'BODY_PARTS', 'CHESTCT_CLASSES', 'MRI_CLASSES', 'MedvisionError',
-           'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'shared_data', 'check_exists',
-           'default_device']
+           'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'shared_data',
+           'check_exists', 'default_device']
 
 # %% ../nbs/00_core.ipynb #6b41c347
 class MedvisionError(ValueError):
@@ -68,6 +68,12 @@ def atomic_save(obj, path):
 def atomic_write_text(text:str, path):
     "Write `text` to `path` atomically."
     return atomic_write(path, lambda t: Path(t).write_text(text))
+
+def atomic_save_npy(arr, path):
+    "`np.save` `arr` to `path` (a `.npy` name) atomically."
+    def _w(t):
+        with open(t, "wb") as f: np.save(f, arr)
+    return atomic_write(path, _w)
 
 # %% ../nbs/00_core.ipynb #df31d35d
 def shared_data(name:str=None): # A dataset folder below the shared data root, e.g. 'covid-ct-png'

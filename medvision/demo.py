@@ -113,7 +113,7 @@ def run_demo(out='demo_out', # Folder for data, models, plots, `report.md` and `
              tasks=None) -> dict: # Keys of `DEMO_TASKS` to run (default: all)
     "Write synthetic data, train + predict each `DEMO_TASKS` recipe on the CPU, print the metrics and write a report into `out`."
     from medvision.synth import synth
-    from medvision.recipes.core import train, predict
+    from medvision.recipes.core import train, predict, write_json
     from medvision.cli import metrics_text, md_table
     import pandas as pd
     t0 = time.time(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def run_demo(out='demo_out', # Folder for data, models, plots, `report.md` and `
     summ = {'wall_s': round(wall, 1), 'quick': quick, 'seed': seed,
             'tasks': {k: {a: r[a] for a in ('recipe', 'layout', 'split', 'metric', 'value', 'chance', 'train_time_s')}
                       for k,r in results.items()}}
-    atomic_write_text(json.dumps(summ, indent=2) + '\n', out/'demo_metrics.json')
+    write_json(summ, out/'demo_metrics.json')
     atomic_write_text(demo_report(out, results, wall) + '\n', out/'report.md')
     tab = pd.DataFrame([{'task': k, 'recipe': r['recipe'], 'metric': r['metric'], 'value': round(r['value'], 4),
                          'chance': round(r['chance'], 4)} for k,r in results.items()])

@@ -197,12 +197,11 @@ def _frame_index(frames, nf, fn):
     if bad: raise _err(fn, f"frame index {bad[0]!r} out of range: the file has {nf} frame(s)")
     return (idx[0] if isinstance(frames, (int, np.integer)) else idx), idx
 
-@_guard
-def _pixels(ds, voi=False, frames='all'):
-    "Decode `ds` to float32 in real units; return `(array, info)`. See `mv_pixels`."
+def _decode(ds, frames='all'):
+    "Stored pixels of `ds`'s `frames` through pydicom's decoders, shape-checked: `(array, decoder properties, frame indices)`."
     fn = _fname(ds)
     ts = check_pixels(ds)
-    nf, pi = _nframes(ds), str(ds.PhotometricInterpretation).strip().upper()
+    nf = _nframes(ds)
     sel, idx = _frame_index(frames, nf, fn)
     dec = get_decoder(ts)
     if isinstance(sel, list) and not sel: raise _err(fn, "empty frame selection")
@@ -218,6 +217,20 @@ def _pixels(ds, voi=False, frames='all'):
     spp = int(props.get('samples_per_pixel', 1))
     want = ((len(idx),) if (sel is None and nf > 1) or isinstance(sel, list) else ()) + (int(ds.Rows), int(ds.Columns)) + ((3,) if spp == 3 else ())
     if tuple(a.shape) != want: raise _err(fn, f"decoded pixels have shape {a.shape} but the header says {want}: corrupt file")
+    return a, props, idx
+
+def _units(ds):
+    "The units of `ds`'s pixels after the modality LUT ('HU' for CT), from its tags; `None` if unknown."
+    mod = ds.get('Modality')
+    return ds.get('DoseUnits') if mod == 'RTDOSE' else ds.get('Units') if mod == 'PT' else ds.get('RescaleType') or ('HU' if mod == 'CT' else None)
+
+@_guard
+def _pixels(ds, voi=False, frames='all'):
+    "Decode `ds` to float32 in real units; return `(array, info)`. See `mv_pixels`."
+    fn = _fname(ds)
+    a, props, idx = _decode(ds, frames)
+    pi = str(ds.PhotometricInterpretation).strip().upper()
+    spp = int(props.get('samples_per_pixel', 1))
     info = dict(voi=False, inverted=False, units=None)
     ppi = str(props.get('photometric_interpretation', pi))
     if spp == 3:
@@ -238,9 +251,7 @@ def _pixels(ds, voi=False, frames='all'):
         if pi == 'MONOCHROME1':
             a = np.float32(lo + hi) - a
             info['inverted'] = True
-        mod = ds.get('Modality')
-        info['units'] = ('VOI' if info['voi'] else ds.get('DoseUnits') if mod == 'RTDOSE' else ds.get('Units') if mod == 'PT'
-                         else ds.get('RescaleType') or ('HU' if mod == 'CT' else None))
+        info['units'] = 'VOI' if info['voi'] else _units(ds)
     return np.ascontiguousarray(a, dtype=np.float32), info
 
 @patch
@@ -335,7 +346,8 @@ def _raw_frame(fn, frame:int=0):
 # %% ../nbs/01_dicom.ipynb #b9a406f3
 def read_dicom_lut(fn, # Path to a DICOM file
                    frame:int=0, # Which frame of a multi-frame file
-                   max_span:int=1<<16): # Largest `max - min` of the stored values to tabulate
+                   max_span:int=1<<16, # Largest `max - min` of the stored values to tabulate
+                   meta:bool=True): # Build the meta dict (`False`: `None`, for per-image hot paths)
     "Stored pixels of `fn` and a float32 table of their real values: `(a, mn, values, meta)`, `values[a - mn]` == `read_dicom(fn, frames=frame)[0]`; `None` where it does not apply."
     raw = _raw_frame(fn, frame)
     if raw is not None: a, ds, idx = *raw, [frame]
@@ -343,28 +355,18 @@ def read_dicom_lut(fn, # Path to a DICOM file
         ds = open_dicom(fn)
         pi = str(ds.get('PhotometricInterpretation', '')).strip().upper()
         if pi not in ('MONOCHROME1', 'MONOCHROME2') or int(ds.get('SamplesPerPixel') or 1) != 1: return None
-        f = _fname(ds)
-        ts = check_pixels(ds)
-        sel, idx = _frame_index(frame, _nframes(ds), f)
-        try: a, _ = get_decoder(ts).as_array(ds, index=sel)
-        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit): raise
-        except BaseException as e:
-            what = 'compressed ' if ts.is_compressed else ''
-            raise _err(f, f"cannot decode the {what}pixel data ({ts.name}): {_why(e)}. Corrupt file or unsupported encoding?") from e
-        want = (int(ds.Rows), int(ds.Columns))
-        if tuple(a.shape) != want: raise _err(f, f"decoded pixels have shape {a.shape} but the header says {want}: corrupt file")
+        a, _, idx = _decode(ds, frame)
     pi = str(ds.get('PhotometricInterpretation', '')).strip().upper()
     if a.dtype.kind not in 'iu' or a.size == 0: return None
     if not a.dtype.isnative: a = a.astype(a.dtype.newbyteorder('='))   # big-endian files: native ints for the table
     mn, mx = a.min(), a.max()
     if int(mx) - int(mn) >= max_span: return None
     values = _modality(np.arange(int(mn), int(mx) + 1).astype(a.dtype), ds, idx)   # the same float32 ops, per value
-    lo, hi = _value_range(ds, False)
+    if pi == 'MONOCHROME1' or meta: lo, hi = _value_range(ds, False)
     if pi == 'MONOCHROME1': values = np.float32(lo + hi) - values
     values = np.ascontiguousarray(values, dtype=np.float32)
-    mod = ds.get('Modality')
-    units = ds.get('DoseUnits') if mod == 'RTDOSE' else ds.get('Units') if mod == 'PT' else ds.get('RescaleType') or ('HU' if mod == 'CT' else None)
-    info = dict(voi=False, inverted=pi == 'MONOCHROME1', units=units, range=(lo, hi))
+    if not meta: return a, mn, values, None
+    info = dict(voi=False, inverted=pi == 'MONOCHROME1', units=_units(ds), range=(lo, hi))
     return a, mn, values, {**_guard(dicom_meta)(ds), **info, 'shape': a.shape}
 
 # %% ../nbs/01_dicom.ipynb #5f257df9

@@ -234,7 +234,7 @@ def dicom_percentile_window(fn, # Path to a DICOM file
     "`fn` clipped to its own `lo`–`hi` percentiles → uint8, exactly `percentile_window(read_dicom(fn, frames=frame)[0], lo, hi)`."
     from medvision.dicom import read_dicom, read_dicom_lut
     _check_q(lo, hi)
-    r = read_dicom_lut(fn, frame=frame)
+    r = read_dicom_lut(fn, frame=frame, meta=False)   # the meta dict is not needed here
     if r is not None:
         a, mn, values, _ = r
         out = _window_stored(a, mn, values, lo, hi)

@@ -57,7 +57,8 @@ def _pil_array(im, fn):
     if m in ('1', 'LA', 'La'): im = im.convert('L')
     a = np.asarray(im)
     if a.ndim != 2: raise MedvisionError(f"unsupported image mode {m} with shape {a.shape}", fn)
-    return check_finite(a.astype(np.float32), fn)
+    if a.dtype.kind == 'f': check_finite(a, fn)   # only float ('F') images can hold NaN/Inf
+    return a.astype(np.float32)
 
 def _read_pil(p):
     try:

@@ -25,8 +25,8 @@ from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_st
                                  CheckpointCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'fit_recipe_schedule', 'TrainingInterrupted', 'MedvisionLearner', 'make_learner', 'load_checkpoint',
-           'resume', 'find_lr', 'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
+__all__ = ['SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'make_learner', 'load_checkpoint', 'resume', 'find_lr',
+           'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
 
 # %% ../nbs/30_learner.ipynb #427536e3
 _all_ = ['save_weights', 'load_weights']
@@ -227,8 +227,6 @@ def fit_schedule(learn:MedvisionLearner,
             _fit_phase(learn, 'unfrozen', epochs, slice(top/100, top), freeze_epochs, start_epoch - freeze_epochs)
     if load_best and sb is not None and sb.best_epoch is not None and sb.fname.exists(): load_weights(learn.model, sb.fname)
     return learn
-
-fit_recipe_schedule = fit_schedule  # the name DESIGN.md first used
 
 # %% ../nbs/30_learner.ipynb #e77f088f
 def load_exported(path, # A file written by fastai's `Learner.export()`

@@ -130,21 +130,21 @@ def _nanmean(v):
 def _pick(v, cls):
     return float(v[cls]) if cls < len(v) else float('nan')
 
-class DiceScore(SegConfMetric):
-    "Set-level Dice of class `cls` (NaN if absent from truth and prediction over the whole set)."
+class _ClassScore(SegConfMetric):
+    key = 'dice'
     def __init__(self, cls:int, name:str=None, n_classes:int=None):
         self.cls = cls; super().__init__(n_classes, name)
-    def _default_name(self): return f"dice_{self.cls}"
+    def _default_name(self): return f"{self.key}_{self.cls}"
     @property
-    def value(self): return _pick(self._score('dice'), self.cls)
+    def value(self): return _pick(self._score(self.key), self.cls)
 
-class IoUScore(SegConfMetric):
+class DiceScore(_ClassScore):
+    "Set-level Dice of class `cls` (NaN if absent from truth and prediction over the whole set)."
+    key = 'dice'
+
+class IoUScore(_ClassScore):
     "Set-level IoU of class `cls` (NaN if absent from truth and prediction over the whole set)."
-    def __init__(self, cls:int, name:str=None, n_classes:int=None):
-        self.cls = cls; super().__init__(n_classes, name)
-    def _default_name(self): return f"iou_{self.cls}"
-    @property
-    def value(self): return _pick(self._score('iou'), self.cls)
+    key = 'iou'
 
 class _MeanScore(SegConfMetric):
     key, default = 'dice', 'mean_dice'

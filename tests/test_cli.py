@@ -122,7 +122,8 @@ def test_dicom_info(dicoms, tmp_path):
     r = ok(mv('dicom-info', ct, '--csv', tmp_path/'info.csv'))
     head = r.stdout.splitlines()[0]
     for c in ['fname', 'Modality', 'Rows', 'Columns']: assert c in head, head
-    assert r.stdout.count(' CT ') >= len(files) or r.stdout.count('CT') >= len(files)
+    rows = [l for l in r.stdout.splitlines()[1:] if l.strip()]
+    assert len(rows) >= len(files) and sum(' CT ' in l for l in rows) == len(files), r.stdout
     import pandas as pd
     df = pd.read_csv(tmp_path/'info.csv')
     assert len(df) == len(files) and set(df['Modality']) == {'CT'}
@@ -213,7 +214,17 @@ def test_predict_segmentation(seg_run, tmp_path):
     pngs, npys = list((tmp_path/'pred').rglob('*.png')), list((tmp_path/'pred').rglob('*.npy'))
     assert pngs and npys, list((tmp_path/'pred').rglob('*'))
     m = np.load(npys[0])
-    assert m.shape[-2:] == img.shape[-2:] or m.ndim == 2
+    assert m.shape == img.shape and m.dtype == np.uint8, (m.shape, img.shape, m.dtype)
+    assert set(np.unique(m)) <= set(range(4))                 # the four seed classes
+    import pandas as pd
+    assert len(pd.read_csv(tmp_path/'p.csv')) == 1
+
+
+def test_predict_segmentation_default_out(seg_run, tmp_path):
+    "Without --out, segmentation masks go to ./predictions (a class table needs no folder)."
+    d, _ = seg_run
+    ok(mv('predict', '--model', d/'model', d/'data'/'test_images_medseg.npy', cwd=tmp_path))
+    assert list((tmp_path/'predictions').glob('*.npy')) and list((tmp_path/'predictions').glob('*.png'))
 
 
 def test_resume_after_finished_run(seg_run, tmp_path):

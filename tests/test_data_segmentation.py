@@ -389,7 +389,7 @@ def test_show_batch_runs(npy):
     import matplotlib.pyplot as plt
     dls = seg_dataloaders(npy, size=24, bs=4, device='cpu')
     dls.show_batch(max_n=4)
-    assert len(plt.gcf().axes) >= 4
+    assert sum(bool(ax.images) for ax in plt.gcf().axes) >= 4   # axes that really show an image
     plt.close('all')
 
 

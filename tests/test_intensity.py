@@ -231,11 +231,14 @@ def test_real_dicom_corpus(shared_data):
     "Real CR/CT files: percentile_window of read_dicom's float32 pixels equals the float64 reference."
     from medvision.dicom import read_dicom
     root = shared_data('dicom-corpus')
+    checked = 0
     for name in ('RG2_RLE', 'CT1_RLE', 'RG1_UNCR.dcm'):
         fn = next(root.rglob(name), None)
         if fn is None: continue
         a, meta = read_dicom(fn)
         assert np.array_equal(percentile_window(a), reference_window(a)), name
+        checked += 1
+    if not checked: pytest.skip('none of RG2_RLE, CT1_RLE, RG1_UNCR.dcm in the shared dicom-corpus')
 
 
 def _dicom_files(roots):

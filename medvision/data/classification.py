@@ -337,14 +337,12 @@ def read_unifesp(path, # The CSV (`SOPInstanceUID,Target`[, `image_path`, `Study
     df['group'] = grp; df['split'] = 'train'
     skipped = problems
     if check and len(df):
-        try: from medvision.io import check_files
-        except ImportError: check_files = None
-        if check_files is not None:
-            good,bad = check_files(list(df['path']), skip_bad=skip_bad)
-            if bad:
-                badset = {str(b[0]) for b in bad}
-                skipped = skipped + [(p, r) for p,r in bad]
-                df = df[~df['path'].isin(badset)].reset_index(drop=True)
+        from medvision.io import check_files
+        good,bad = check_files(list(df['path']), skip_bad=skip_bad)
+        if bad:
+            badset = {str(b[0]) for b in bad}
+            skipped = skipped + [(p, r) for p,r in bad]
+            df = df[~df['path'].isin(badset)].reset_index(drop=True)
     if not len(df): raise MedvisionError("no usable rows", csv)
     df.attrs.update(classes=list(classes), group_name=gname)
     df = split_items(df, valid_pct, seed)

@@ -10,7 +10,7 @@ import os, re, hashlib, tempfile, warnings
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
-from ..core import MedvisionError, SEG_CLASSES, LESION_CLASSES, atomic_write
+from ..core import MedvisionError, SEG_CLASSES, LESION_CLASSES, atomic_write, atomic_save_npy
 
 # %% auto #0
 __all__ = ['MEDSEG_LABELS', 'IMG_EXTS', 'COVID_PNG_BOUNDARIES', 'LAYOUTS', 'SegItem', 'onehot_to_index', 'NpySlices',
@@ -207,7 +207,7 @@ def _nifti_cache(fn:Path, cache_dir, dtype):
         if data.ndim != 3: raise MedvisionError(f"expected a 3-D volume, got shape {data.shape}", fn)
         arr = np.ascontiguousarray(np.moveaxis(data, -1, 0).astype(dtype))
         del data
-        atomic_write(out, lambda t: np.save(open(t, 'wb'), arr))
+        atomic_save_npy(arr, out)
     return NpySlices(out)
 
 class MedsegNifti(SegSource):

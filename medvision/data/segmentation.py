@@ -157,8 +157,7 @@ def _check_files(source):
     "Up-front check of every PNG with `medvision.io.check_files` (a summary error names the bad files)."
     files = [f for fs in getattr(source, 'files', []) for f in fs.values()]
     if not files: return
-    try: from medvision.io import check_files
-    except ImportError: return
+    from medvision.io import check_files
     check_files(files)
 
 def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)

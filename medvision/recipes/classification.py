@@ -19,7 +19,7 @@ from ..data.classification import (read_unifesp, read_chestct, classification_dl
                                            IMG_EXTS, DCM_EXTS)
 from ..data.mri import read_mri, nifti_slices, vote_volumes, NIFTI_EXTS
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
-from .core import Recipe, register_recipe
+from .core import Recipe, register_recipe, _classes
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
@@ -64,7 +64,6 @@ def data_info(recipe:Recipe, dls)->dict:
                 multi_label=bool(_x(recipe, 'multi_label', False)), layout=recipe.layout, n_channels=recipe.n_in,
                 split=getattr(dls, 'split_name', None), min_fg=_x(recipe, 'min_fg', 0.05))
 
-def _classes(dls): return list(getattr(dls, 'classes', None) or dls.vocab)
 
 def build_model(recipe:Recipe, dls):
     "`create_model(recipe.arch)` with `recipe.n_in` inputs and one output per class."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
-from ..core import MedvisionError, SEG_CLASSES, atomic_write, atomic_write_text
+from ..core import MedvisionError, SEG_CLASSES, atomic_write, atomic_write_text, atomic_save_npy
 from ..data.segmentation import seg_dataloaders, seg_augs
 from ..data.seg_layouts import NpySlices
 from ..models import create_model
@@ -188,7 +188,7 @@ def predict_files(learn, recipe, files, out=None):
         for i,c in enumerate(classes): row[f"frac_{c}"] = float(cnt[i]/p.size)
         if out is not None:
             stem = f.name.split('.')[0]
-            atomic_write(out/f"{stem}.npy", lambda t: np.save(open(t, 'wb'), p[0] if len(p) == 1 else p))
+            atomic_save_npy(p[0] if len(p) == 1 else p, out/f"{stem}.npy")
             pngs = [out/(f"{stem}.png" if len(p) == 1 else f"{stem}_{j:03d}.png") for j in range(len(p))]
             for j,pf in enumerate(pngs): atomic_write(pf, lambda t: Image.fromarray(p[j]).save(t, format='PNG'))
             row['mask_npy'],row['mask_png'] = str(out/f"{stem}.npy"),str(pngs[0] if len(pngs) == 1 else out/f"{stem}_*.png")
