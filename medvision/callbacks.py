@@ -231,7 +231,7 @@ class EarlyStopCallback(_Tracker):
         self._keep = resume_fit  # keep this state through the next before_fit (a resumed fit)
 
 # %% ../nbs/31_callbacks.ipynb #de96579b
-CHECKPOINT_FORMAT = 'medvision-checkpoint-1'
+CHECKPOINT_FORMAT = 'medvision-checkpoint-2'  # 2: torch AdamW optimizer state (1: fastai's Adam)
 
 def _opt_state(opt):
     sd = opt.state_dict()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from fastai.learner import Learner, CancelEpochException, mk_metric
-from fastai.optimizer import Adam
+from fastai.optimizer import OptimWrapper, detuplify_pg, set_item_pg
 from fastai.callback.schedule import LRFinder  # also patches `fit_one_cycle` / `lr_find` onto Learner
 from fastai.callback.fp16 import MixedPrecision
 from fastai.vision.learner import default_split
@@ -25,8 +25,8 @@ from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_st
                                  CheckpointCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'make_learner', 'load_checkpoint', 'resume', 'find_lr',
-           'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
+__all__ = ['SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner', 'load_checkpoint', 'resume',
+           'find_lr', 'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
 
 # %% ../nbs/30_learner.ipynb #427536e3
 _all_ = ['save_weights', 'load_weights']
@@ -89,6 +89,64 @@ class MedvisionLearner(Learner):
         print(msg)
         return TrainingInterrupted(msg, f)
 
+# %% ../nbs/30_learner.ipynb #e6d0c137
+class AdamW(OptimWrapper):
+    "torch's `AdamW` (its fused kernel by default) with fastai's hyper-parameter names, layer groups and `freeze`."
+    def __init__(self, params, # Parameters, or a list of layer groups (from a splitter)
+                 lr:float=1e-3, # Learning rate
+                 mom:float=0.9, # β1 (one-cycle schedules it)
+                 sqr_mom:float=0.99, # β2 (fastai's default; torch's is 0.999)
+                 eps:float=1e-5, # fastai's default; torch's is 1e-8
+                 wd:float=0.01, # Decoupled weight decay
+                 wd_bn_bias:bool=False, # Decay 1-D parameters (norm weights, biases) too
+                 fused:bool=True): # torch's one-kernel update (no per-parameter temporaries); False: its for-loop
+        groups = L(params)
+        if not groups: raise MedvisionError("AdamW got no parameters")
+        if not isinstance(groups[0], (L, list, tuple)): groups = [groups]
+        pgs = []
+        for g in groups:  # each layer group → (decayed, not decayed) torch param groups, in that order
+            g = list(g)
+            pgs += [{'params': [p for p in g if wd_bn_bias or p.ndim > 1], 'weight_decay': wd},
+                    {'params': [p for p in g if not (wd_bn_bias or p.ndim > 1)], 'weight_decay': 0.}]
+        kw = dict(lr=lr, betas=(mom, sqr_mom), eps=eps)
+        try: opt = torch.optim.AdamW(pgs, fused=fused or None, **kw)
+        except (RuntimeError, TypeError, ValueError): opt = torch.optim.AdamW(pgs, **kw)  # no fused kernel for these params
+        super().__init__(opt=opt)
+
+    @property
+    def hypers(self): return [{self.fwd_map.get(k, k): v for k,v in detuplify_pg(pg).items()} for pg in self.opt.param_groups[::2]]
+    def _set_hyper(self, k, v):
+        name,pgs = self.bwd_map[k],self.opt.param_groups
+        for i,v_ in enumerate(v):
+            set_item_pg(pgs[2*i], name, v_)
+            if name != 'weight_decay': set_item_pg(pgs[2*i+1], name, v_)
+    @property
+    def param_lists(self):
+        pgs = self.opt.param_groups
+        return [pgs[i]['params'] + pgs[i+1]['params'] for i in range(0, len(pgs), 2)]
+
+    def state_dict(self) -> dict:
+        "fastai's optimizer format: `state` (one dict per parameter, layer-group order) and `hypers` (per layer group)."
+        st = self.opt.state
+        return {'state': [dict(st[p]) if p in st else {} for p in self.all_params().itemgot(0)], 'hypers': self.hypers}
+    def load_state_dict(self, sd:dict):
+        "Load `state_dict()` output; the parameters and layer groups must match."
+        ps = self.all_params().itemgot(0)
+        if len(sd['state']) != len(ps) or len(sd['hypers']) != len(self.hypers):
+            raise ValueError(f"optimizer state for {len(sd['state'])} parameters in {len(sd['hypers'])} layer groups; "
+                             f"this optimizer has {len(ps)} in {len(self.hypers)}")
+        pgs,i,tsd = self.opt.param_groups,0,{'state': {}, 'param_groups': []}
+        for j,pg in enumerate(pgs):
+            h = {self.bwd_map.get(k, k): v for k,v in sd['hypers'][j//2].items()}
+            g = {k: pg[k] for k in pg if k != 'params'}
+            for k,v in h.items():
+                if k == 'weight_decay' and j % 2: continue
+                set_item_pg(g, k, v)
+            idx = list(range(i, i+len(pg['params'])))
+            tsd['state'].update({n: s for n,s in zip(idx, sd['state'][i:i+len(idx)]) if s})
+            tsd['param_groups'].append({**g, 'params': idx}); i += len(idx)
+        self.opt.load_state_dict(tsd)
+
 # %% ../nbs/30_learner.ipynb #65eb47b0
 def _default_splitter(model):
     "fastai-style `nn.Sequential(body, head)` models get two layer groups (so `freeze` works); others one."
@@ -131,7 +189,7 @@ def make_learner(dls, # fastai `DataLoaders`
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         mcbs += [SaveBestCallback(monitor, comp, out/'model.pth', min_delta), CheckpointCallback(out/'checkpoint.pth')]
-    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=partial(Adam, decouple_wd=True), lr=lr, wd=wd,
+    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=AdamW, lr=lr, wd=wd,
                              splitter=splitter or _default_splitter(model), metrics=metrics,
                              path=path if path is not None else out, cbs=mcbs + list(L(cbs)), out=out)
     if _want_amp(amp, dls): learn.add_cb(MixedPrecision(amp_mode='bf16' if amp == 'bf16' else 'fp16'))
@@ -148,7 +206,11 @@ def _to_device(o, device):
 def load_checkpoint(path) -> dict:
     "Read a medvision checkpoint with `weights_only=True`, checking its format."
     ck = _torch_load(path, 'checkpoint')
-    if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:
+    fmt = ck.get('format') if isinstance(ck, dict) else None
+    if isinstance(fmt, str) and fmt.startswith('medvision-checkpoint-') and fmt != CHECKPOINT_FORMAT:
+        raise MedvisionError(f"was written by another medvision version ({fmt}; this one reads {CHECKPOINT_FORMAT}): "
+                             "resume it with the version that wrote it, or train again without --resume", path)
+    if fmt != CHECKPOINT_FORMAT:
         raise MedvisionError(f"is not a medvision training checkpoint (format {CHECKPOINT_FORMAT})", path)
     return ck
 
@@ -168,7 +230,7 @@ def resume(learn:MedvisionLearner, # A learner built exactly like the interrupte
     learn.opt.freeze_to(ck['frozen_idx'])  # the Optimizer's own freeze: sets requires_grad, keeps the state
     dev = getattr(learn.dls, 'device', None) or default_device()
     try: learn.opt.load_state_dict(_to_device(ck['opt'], dev))
-    except AssertionError: raise MedvisionError("checkpoint optimizer state does not match this model's layer groups", f) from None
+    except (AssertionError, ValueError, KeyError): raise MedvisionError("checkpoint optimizer state does not match this model's layer groups", f) from None
     set_rng_state(ck['rng'], learn.dls)
     learn.mv_history,learn.mv_lrs = list(ck['history']),dict(ck['lrs'])
     resume_fit = not ck['phase'].get('done')

@@ -409,3 +409,22 @@ def test_png_cache(tmp_path):
     assert open_source(d2, boundaries=[], cache_mb=0.001)._cache is None   # over budget: no cache
     (d2/'ct'/'0001.png').unlink()
     with pytest.raises(MedvisionError, match='0001.png: unreadable image'): nc.read_image(nc.items[1])
+
+
+def _all_batches(dls, seed):
+    from fastai.torch_core import set_seed
+    set_seed(seed)
+    return [(x.clone(), y.clone()) for dl in (dls.train, dls.valid) for x, y in dl]
+
+
+def test_item_cache_gives_identical_batches(npy):
+    kw = dict(size=24, bs=4, lesion_weight=3., source_kw=dict(rp_boundaries=[6, 15]), device='cpu')
+    cached, plain = seg_dataloaders(npy, **kw), seg_dataloaders(npy, cache_mb=0, **kw)
+    assert not hasattr(plain.train, 'item_cache') and cached.train.item_cache is cached.valid.item_cache
+    _all_batches(cached, 0)                                 # fills the cache
+    c = cached.train.item_cache
+    assert c.n > 0 and c.used == c.n * (24 * 24 * 4 + 24 * 24)  # float32 image + uint8 mask per item
+    for (a, b), (p, q) in zip(_all_batches(cached, 1), _all_batches(plain, 1)):
+        assert torch.equal(a, p) and torch.equal(b, q) and b.dtype == torch.int64 and type(b) is type(q)
+    assert not hasattr(seg_dataloaders(npy, num_workers=1, **kw).train, 'item_cache')  # workers: each would refill its own
+    assert not hasattr(cached.train.new(), 'item_cache')      # test_dl / prediction loaders never inherit it

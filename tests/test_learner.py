@@ -15,7 +15,7 @@ from fastai.metrics import accuracy
 
 from medvision.core import MedvisionError, seed_everything, atomic_save
 from medvision.callbacks import save_weights, load_weights, CHECKPOINT_FORMAT
-from medvision.learner import (make_learner, resume, fit_schedule, load_exported, load_checkpoint, TrainingInterrupted,
+from medvision.learner import (AdamW, make_learner, resume, fit_schedule, load_exported, load_checkpoint, TrainingInterrupted,
                                MedvisionLearner)
 
 
@@ -132,7 +132,9 @@ def test_load_exported_needs_trust(tmp_path):
 def test_make_learner_defaults(tmp_path):
     learn = build(tmp_path / 'run')
     assert isinstance(learn, MedvisionLearner)
-    assert learn.opt_func.keywords == {'decouple_wd': True} and learn.wd == 1e-2
+    assert learn.opt_func is AdamW and learn.wd == 1e-2
+    learn.create_opt()
+    assert learn.opt.opt.defaults['fused'] and [pg['weight_decay'] for pg in learn.opt.opt.param_groups] == [0.01, 0., 0.01, 0.]
     assert not any(type(cb).__name__ == 'MixedPrecision' for cb in learn.cbs)  # CPU: no AMP
     assert {'save_best', 'early_stop', 'checkpoint', 'history'} <= {cb.name for cb in learn.cbs}
     assert len(learn.splitter(learn.model)) == 2  # body + head groups
@@ -266,3 +268,12 @@ def test_same_seed_same_run(tmp_path):
     assert (tmp_path / 'a' / 'model.pth').exists()
     c = quiet_fit(build(tmp_path / 'c', seed=8), 3)
     assert not same_weights(a.model, c.model)
+
+
+def test_checkpoint_from_another_version_says_so(tmp_path):
+    f = tmp_path / 'checkpoint.pth'
+    atomic_save({'format': 'medvision-checkpoint-1', 'epoch': 1}, f)
+    with pytest.raises(MedvisionError, match=r'another medvision version \(medvision-checkpoint-1; this one reads medvision-checkpoint-2\)'):
+        load_checkpoint(f)
+    atomic_save({'weights': 1}, f)
+    with pytest.raises(MedvisionError, match='is not a medvision training checkpoint'): load_checkpoint(f)

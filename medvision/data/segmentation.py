@@ -18,7 +18,7 @@ from .seg_layouts import SegItem, SegSource, open_source, detect_layout, LAYOUTS
 
 # %% auto #0
 __all__ = ['SPLITS', 'split_seed001', 'split_grouped', 'split_blocks', 'split_random', 'seg_split', 'TensorCT', 'ReadSlice',
-           'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'lesion_weights', 'seg_dataloaders']
+           'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'lesion_weights', 'ItemCache', 'seg_dataloaders']
 
 # %% ../../nbs/10_data.segmentation.ipynb #73b7661d
 def _vol_groups(items):
@@ -148,6 +148,33 @@ def lesion_weights(source:SegSource, items, # The training `SegItem`s
     "Sampling weight per item: `weight` where the mask has a lesion, else 1."
     return np.where(source.lesion_flags(items), float(weight), 1.)
 
+# %% ../../nbs/10_data.segmentation.ipynb #3c998e40
+def _pack(t):
+    "An index mask that fits in `uint8` is kept as `uint8`."
+    if isinstance(t, TensorMask) and t.dtype == torch.int64 and t.numel() and 0 <= int(t.min()) and int(t.max()) < 256:
+        return TensorMask(t.to(torch.uint8)), True
+    return t, False
+
+class ItemCache:
+    "Memoise finished items (read → window → resize) of `DataLoader`s, `max_mb` MiB shared by all of them."
+    def __init__(self, max_mb:float=1024): self.max,self.used,self.full,self.n = max_mb*2**20,0,False,0
+    def attach(self, dl):
+        "Serve `dl`'s items from this cache (its `after_item` must be deterministic); returns `dl`."
+        f,store = dl.do_item,{}
+        def do_item(s):
+            hit = store.get(s)
+            if hit is not None: return tuple(TensorMask(t.long()) if packed else t for t,packed in hit)
+            r = f(s)
+            if r is None or self.full or not isinstance(r, tuple): return r
+            packed = tuple(_pack(t) for t in r)
+            nb = sum(t.nbytes for t,_ in packed if isinstance(t, torch.Tensor))
+            if self.used + nb > self.max: self.full = True
+            else: store[s] = packed; self.used += nb; self.n += 1
+            return r
+        dl.do_item,dl.item_cache = do_item,self
+        return dl
+    def __repr__(self): return f"ItemCache({self.n} items, {self.used/2**20:.1f} of {self.max/2**20:.0f} MiB{', full' if self.full else ''})"
+
 # %% ../../nbs/10_data.segmentation.ipynb #c4695920
 def _stats(source, items, window, n=32, seed=0):
     "`Standardize` with the mean/std of up to `n` training slices after the intensity window."
@@ -173,6 +200,7 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
                     n_stats:int=32, # Training slices used for the mean/std
                     stats=None, # Fixed `(mean, std)` (e.g. a trained model's) instead of computing them
                     num_workers:int=0, # DataLoader workers
+                    cache_mb:float=None, # `ItemCache` budget in MiB (default 1024 with `num_workers=0`, else none); 0: off
                     device=None, # Where batches go (default: fastai's default device)
                     check:bool=True, # Check every file up front (PNG layouts)
                     source_kw:dict=None, # Passed to the layout's source (e.g. `rp_boundaries`, `codes`)
@@ -196,4 +224,8 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
     dls.train_items,dls.valid_items = [items[i] for i in tr],[items[i] for i in va]
     dls.lesion_weight = lesion_weight
     for dl in dls.loaders: dl.split_name,dl.classes,dl.n_fg = name,dls.classes,dls.n_fg
+    if cache_mb is None: cache_mb = 0 if num_workers else 1024
+    if cache_mb:
+        cache = ItemCache(cache_mb)
+        for dl in dls.loaders: cache.attach(dl)
     return dls
