@@ -17,7 +17,8 @@ seed 003's aspect-preserving resize with zero padding, `ImageOps.pad`), the seed
   mri      (seed 002): gray, rescale 1/255, shear/zoom 0.2, horizontal flip, Gaussian noise σ=0.1.
 medvision: `medvision.recipes.core.train(recipe, item_table, ...)` with the recipe's own data pipeline
   (aspect-preserving pad for chest CT, fastai augmentation presets, class-balanced sampling for body part via
-  the weighted sampler — the equal-budget form of oversampling), one-cycle AdamW.
+  the weighted sampler — the equal-budget form of oversampling), AdamW with the recipe's schedule (body part:
+  one-cycle at 2e-3; chest CT and MRI: the seeds' rate 1e-3 held, then cosine-annealed — fastai's `flat_cos`).
 
 Writes bench/results/classification.json (and prints it). Real data from ../shared/data when present (else that
 workflow runs on a synthetic layout and says so); `--quick` runs all three on small synthetic layouts (< 1 min).
@@ -145,7 +146,9 @@ def _mean_runs(runs, seeds):
 
 def medvision_run(df, cfg, out, seed=0):
     r = get_recipe(cfg['recipe'])
-    kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False, schedule='one_cycle', seed=seed)
+    # the recipe's own schedule; seed000's frozen phase needs a pretrained body, so from scratch it becomes one-cycle
+    kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False,
+              schedule=r.schedule if r.schedule != 'seed000' else 'one_cycle', seed=seed)
     if 'sampler' in cfg: kw['sampler'] = cfg['sampler']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -199,7 +202,7 @@ def main(argv=None):
                                  seed_loop='Adam lr 1e-3 constant, ' + ('aspect-preserving pad' if wf == 'chestct' else 'squash') +
                                            ' resize, seed augmentations (torchvision)',
                                  medvision=f"recipe {r.name} with overrides {kw}: augs {r.augs}, resize {r.extra.get('resize', 'crop')}, "
-                                           f"sampler {kw.get('sampler', r.sampler)}, one-cycle AdamW lr {r.lr}"),
+                                           f"sampler {kw.get('sampler', r.sampler)}, {kw['schedule']} AdamW lr {r.lr}"),
                 'seed': seed, 'medvision': mv, 'medvision_ge_seed': mv['macro_f1'] >= seed['macro_f1'],
                 'wall_s': round(time.time() - t0, 1)}
     res['total_s'] = round(time.time() - t_all, 1)

@@ -241,7 +241,7 @@ def resume(learn:MedvisionLearner, # A learner built exactly like the interrupte
     return int(ck['epoch'])
 
 # %% ../nbs/30_learner.ipynb #4cc0674b
-SCHEDULES = ('one_cycle', 'seed000')
+SCHEDULES = ('one_cycle', 'flat_cos', 'seed000')
 
 def find_lr(learn, show_plot:bool=False) -> float:
     "fastai's `lr_find` valley suggestion (falls back to `learn.lr` if the finder gives no usable value)."
@@ -253,13 +253,13 @@ def find_lr(learn, show_plot:bool=False) -> float:
     print(f"lr_find suggests lr={lr:.3g}")
     return lr
 
-def _fit_phase(learn, name, n_epoch, lr, offset, start):
+def _fit_phase(learn, name, n_epoch, lr, offset, start, fit='fit_one_cycle'):
     learn.mv_phase = {'name': name, 'offset': offset, 'n_epoch': n_epoch}
-    try: learn.fit_one_cycle(n_epoch, lr, start_epoch=min(max(start, 0), n_epoch))
+    try: getattr(learn, fit)(n_epoch, lr, start_epoch=min(max(start, 0), n_epoch))
     finally: learn.mv_phase = None
 
 def fit_schedule(learn:MedvisionLearner,
-                 schedule:str='one_cycle', # 'one_cycle' or 'seed000'
+                 schedule:str='one_cycle', # 'one_cycle', 'flat_cos' or 'seed000'
                  epochs:int=10, # Epochs (for 'seed000': of the unfrozen phase)
                  lr:float=None, # Learning rate; `None` runs `lr_find`
                  freeze_epochs:int=3, # 'seed000': epochs with the body frozen
@@ -268,10 +268,10 @@ def fit_schedule(learn:MedvisionLearner,
     "Train `learn` with the named `schedule`, continuing after `start_epoch` done epochs."
     if schedule not in SCHEDULES: raise MedvisionError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     lrs,sb = learn.mv_lrs,getattr(learn, 'save_best', None)
-    if schedule == 'one_cycle':
+    if schedule in ('one_cycle', 'flat_cos'):
         if start_epoch < epochs:
-            lrs['one_cycle'] = lr if lr is not None else lrs.get('one_cycle') or find_lr(learn)
-            _fit_phase(learn, 'one_cycle', epochs, lrs['one_cycle'], 0, start_epoch)
+            lrs[schedule] = lr if lr is not None else lrs.get(schedule) or find_lr(learn)
+            _fit_phase(learn, schedule, epochs, lrs[schedule], 0, start_epoch, 'fit_'+schedule)
     else:
         if freeze_epochs and start_epoch < freeze_epochs:
             if start_epoch == 0: learn.freeze()

@@ -39,7 +39,7 @@ class Recipe:
     epochs: int = 10  # Training epochs ('seed000': of the unfrozen phase)
     lr: float|None = None  # Learning rate; None runs `lr_find`
     wd: float = 1e-2  # Decoupled (AdamW) weight decay
-    schedule: str = 'one_cycle'  # 'one_cycle' or 'seed000'
+    schedule: str = 'one_cycle'  # 'one_cycle', 'flat_cos' or 'seed000' (`medvision.learner.SCHEDULES`)
     freeze_epochs: int = 3  # 'seed000': epochs with the body frozen
     loss: dict = field(default_factory=dict)  # Loss parameters for the task's loss, e.g. {'ce': .25, 'dice': .5, 'focal': .25}
     monitor: str = 'valid_loss'  # What picks the best model / early stopping
