@@ -110,7 +110,14 @@ class SegConfMetric(Metric):
         self.n_classes, self._name = n_classes, name
         self.reset()
     def reset(self): self.conf = None
-    def accumulate(self, learn): self.accum(learn.pred, learn.y)
+    def accumulate(self, learn):
+        "Add `learn`'s batch; the metrics of one learner share one confusion matrix per batch."
+        c = getattr(learn, '_mv_batch_conf', None)
+        if c is not None and c[0] is learn.pred and c[1] is learn.y and c[2] == self.n_classes: conf = c[3]
+        else:
+            conf = seg_confusion(learn.pred, learn.y, self.n_classes)
+            learn._mv_batch_conf = (learn.pred, learn.y, self.n_classes, conf)
+        self.conf = _add_conf(self.conf, conf)
     def accum(self, pred, targ):
         "Add one batch (`pred` logits or indices, `targ` index masks)."
         self.conf = _add_conf(self.conf, seg_confusion(pred, targ, self.n_classes))

@@ -273,3 +273,22 @@ def test_inside_fastai_validate_equals_functional():
     pi = per_image_scores(probs, targs, 3)[['dice_0', 'dice_1', 'dice_2']].mean()
     want = [df.dice['0'], df.iou['2'], s['miou'], s['fg_dice'], np.nanmean(pi.values)]
     assert [float(v) for v in vals[1:]] == pytest.approx(want)
+
+
+def test_seg_metrics_share_one_confusion_per_batch(monkeypatch):
+    import types, medvision.metrics as M
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 3, (2, 8, 8), generator=g)) for _ in range(3)]
+    calls = []
+    orig = M.seg_confusion
+    monkeypatch.setattr(M, 'seg_confusion', lambda *a, **k: calls.append(1) or orig(*a, **k))
+    mets = [M.ForegroundDice(n_fg=2), M.MeanIoU(), M.DiceScore(1)]
+    learn = types.SimpleNamespace()
+    for p, y in batches:
+        learn.pred, learn.y = p, y
+        for m in mets: m.accumulate(learn)
+    assert len(calls) == len(batches)                       # one confusion matrix per batch, not one per metric
+    conf = sum(orig(p, y, 3) for p, y in batches)
+    s = M.seg_summary(conf.numpy(), 2)
+    assert mets[0].value == pytest.approx(s['fg_dice']) and mets[1].value == pytest.approx(s['miou'])
+    assert mets[2].value == pytest.approx(M.seg_scores(conf.numpy())['dice'].iloc[1])
