@@ -161,6 +161,18 @@ def test_png_masks_unknown_label_names_file(tmp_path):
     with pytest.raises(MedvisionError, match='missing in masks/: a0'): open_source(d)
 
 
+def test_png_palette_index_masks_keep_their_indices(tmp_path):
+    "A VOC-style palette mask stores class ids as palette indices; greyscale conversion would turn them into luminance."
+    d = tmp_path/'pal'
+    (d/'images').mkdir(parents=True); (d/'masks').mkdir()
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(d/'images'/'a.png')
+    ids = np.zeros((8, 8), np.uint8); ids[:4] = 1; ids[:2] = 2
+    m = Image.fromarray(ids, mode='P'); m.putpalette([0, 0, 0, 128, 0, 0, 1, 0, 0] + [0, 0, 0]*253)  # id 2 is dark: L would be 0
+    m.save(d/'masks'/'a.png')
+    src = open_source(d, codes=['lesion', 'lung', 'background'])
+    assert np.array_equal(src.read_mask(src.items[0]), ids)
+
+
 def test_medseg_nifti_mapping(tmp_path):
     nib = pytest.importorskip('nibabel')
     d = tmp_path/'ms'; (d/'rp_im').mkdir(parents=True); (d/'rp_msk').mkdir()

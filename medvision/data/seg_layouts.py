@@ -268,6 +268,7 @@ def _read_png(fn, what='image'):
     try:
         with Image.open(fn) as im:
             if im.mode in ('I;16','I;16B','I','F'): return np.asarray(im)
+            if im.mode == 'P' and what == 'index mask': return np.asarray(im)  # VOC-style palette masks: the indices are the labels
             return np.asarray(im.convert('L'))
     except Exception as e: raise MedvisionError(f"unreadable {what} ({type(e).__name__}: {e})", fn) from None
 
@@ -369,7 +370,7 @@ class PngMasks(_PngBase):
 
     def _load_mask(self, it):
         fn = self.files[it.idx]['masks']
-        m = _read_png(fn, 'mask')
+        m = _read_png(fn, 'index mask')
         if m.ndim != 2: raise MedvisionError(f"expected a 2-D index mask, got shape {m.shape}", fn)
         if m.max(initial=0) >= len(self.classes):
             bad = sorted(set(np.unique(m).tolist()) - set(range(len(self.classes))))
