@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from sklearn import metrics as skm
 from ..core import MedvisionError
-from ..metrics import classification_report_df, print_report, best_threshold
+from ..metrics import classification_report_df, print_report, best_threshold, seg_confusion
 
 # %% auto #0
 __all__ = ['save_show', 'ClassPreds', 'get_preds', 'scores', 'confusion', 'plot_confusion', 'most_confused',
@@ -112,8 +112,8 @@ def scores(cp:ClassPreds, # Predictions of a set
 
 # %% ../../nbs/41_interpret.classification.ipynb #fa15c992
 def confusion(y_true, y_pred, n:int):
-    "Confusion counts `(n, n)`: rows true class, columns predicted."
-    return np.bincount(np.asarray(y_true)*n + np.asarray(y_pred), minlength=n*n).reshape(n, n)
+    "Confusion counts `(n, n)`: rows true class, columns predicted (`metrics.seg_confusion` on class ids)."
+    return seg_confusion(torch.as_tensor(np.asarray(y_pred)), torch.as_tensor(np.asarray(y_true)), n).numpy()
 
 def plot_confusion(cp:ClassPreds, # Single-label predictions
                    fn=None, # PNG file to write
