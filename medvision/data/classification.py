@@ -162,7 +162,7 @@ def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
                size:int=224, # Output size in pixels
                resize:str='crop', # 'crop', 'pad' (keep aspect ratio, zero padding) or 'squish'
                n_channels:int=3, # Image channels (selects the normalisation statistics)
-               normalize:bool=True): # Append `Normalize`
+               normalize:bool|tuple=True): # Append `Normalize` (True: default stats; or the model's `(mean, std)`)
     "The `(item_tfms, batch_tfms)` of augmentation preset `name` at `size` pixels."
     if name not in AUG_PRESETS: raise MedvisionError(f"unknown augmentation preset {name!r}; valid: {', '.join(AUG_PRESETS)}")
     methods = dict(crop=ResizeMethod.Crop, pad=ResizeMethod.Pad, squish=ResizeMethod.Squish)
@@ -176,7 +176,10 @@ def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
     elif name == 'seed003':
         batch = [Flip(p=0.5), Rotate(max_deg=10, p=0.5), Brightness(max_lighting=0.1, p=0.5), Contrast(max_lighting=0.1, p=0.5)]
     else: batch = []
-    if normalize:
+    if isinstance(normalize, (tuple, list)):   # a pretrained model's (mean, std); 1 channel gets their averages
+        m,s = [list(v) if len(v) == n_channels else [sum(v)/len(v)]*n_channels for v in normalize]
+        batch.append(Normalize.from_stats(m, s))
+    elif normalize:
         batch.append(Normalize.from_stats(*imagenet_stats) if n_channels == 3 else Normalize.from_stats([0.5]*n_channels, [0.25]*n_channels))
     return item, batch
 
@@ -191,7 +194,7 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
                        resize:str='crop', # 'crop', 'pad' or 'squish'
                        balance:str|None=None, # None, 'oversample' (RandomOverSampler) or 'weighted' (WeightedDL)
                        seed:int=0, # Seed for the oversampler and the shuffling
-                       normalize:bool=True, # Append `Normalize` (ImageNet stats for 3 channels, 0.5/0.25 for 1)
+                       normalize:bool|tuple=True, # Append `Normalize` (ImageNet stats for 3 channels, 0.5/0.25 for 1; or `(mean, std)`)
                        num_workers:int|None=0, # DataLoader workers (None: fastai's default)
                        device=None, # Device of the batches (default: fastai's)
                        **kwargs): # Passed to `DataBlock.dataloaders`

