@@ -11,66 +11,16 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.script import anno_parser, bool_arg
 from .core import MedvisionError, check_exists
+from .report import md_table, metrics_text
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'md_table', 'metric_tables', 'metrics_text', 'metrics_markdown', 'load_recipes',
-           'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate',
-           'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
+__all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes',
+           'cli_demo', 'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
+           'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #ba2ada8e
 class UsageError(Exception):
     "A command-line usage error (bad option, unknown command): one line, exit status 2."
-
-def md_table(df, floatfmt:str='.4f', index:bool=False) -> str:
-    "Render the DataFrame `df` as a GitHub markdown table (no `tabulate` needed)."
-    import pandas as pd
-    if index: df = df.reset_index()
-    def fmt(v):
-        if isinstance(v, float): return format(v, floatfmt)
-        return str(v).replace('|', '\\|').replace('\n', ' ')
-    cols = [str(c) for c in df.columns]
-    rows = ['| ' + ' | '.join(cols) + ' |', '| ' + ' | '.join('---' for _ in cols) + ' |']
-    rows += ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False)]
-    return '\n'.join(rows)
-
-# %% ../nbs/70_cli.ipynb #e56cfb23
-def _flat(d:dict, prefix:str='') -> dict:
-    "Scalar entries of the (nested) dict `d`, with dotted keys; lists are skipped."
-    res = {}
-    for k,v in (d or {}).items():
-        if isinstance(v, dict): res.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str)) and not isinstance(v, bool): res[f"{prefix}{k}"] = v
-    return res
-
-def metric_tables(m:dict) -> dict:
-    "`{'summary': scalars, <name>: per-class table}` DataFrames from a `train`/`evaluate` result `m` (or its `final`)."
-    import pandas as pd
-    f = m.get('final', m) if isinstance(m, dict) else {}
-    f = f if isinstance(f, dict) else {}
-    tabs = {k: v for k,v in f.items() if isinstance(v, dict) and v and all(isinstance(o, dict) for o in v.values())}
-    sc = _flat({k: v for k,v in f.items() if k not in tabs})
-    res = {'summary': pd.DataFrame({'metric': list(sc), 'value': list(sc.values())})}
-    for k,v in tabs.items():
-        df = pd.DataFrame(v).T
-        num = df.apply(pd.to_numeric, errors='coerce').fillna(0)
-        df = df[(num != 0).any(axis=1)]   # classes absent from the data and never predicted carry no information
-        res[k] = df.rename_axis('class').reset_index()
-    return res
-
-def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-def metrics_text(m:dict) -> str:
-    "The tables of `metric_tables(m)` as plain text."
-    parts = []
-    for k,df in metric_tables(m).items():
-        if not len(df): continue
-        if k == 'summary': parts.append('\n'.join(f"{a:<{max(map(len, df.metric))}}  {_fmt(b)}" for a,b in zip(df.metric, df.value)))
-        else: parts.append(f"{k}:\n" + df.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    return '\n\n'.join(parts) or '(no metrics)'
-
-def metrics_markdown(m:dict) -> str:
-    "The tables of `metric_tables(m)` as markdown."
-    return '\n\n'.join((f"**{k}**\n\n" if k != 'summary' else '') + md_table(df) for k,df in metric_tables(m).items() if len(df))
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
