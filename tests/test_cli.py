@@ -6,7 +6,7 @@ import pytest
 
 SEG_RECIPE, CLS_RECIPE = 'covid-tiny', 'bodypart-tiny'
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ['recipes', 'demo', 'train', 'evaluate', 'predict', 'synth', 'dicom-info', 'anonymize']
+COMMANDS = ['recipes', 'demo', 'train', 'evaluate', 'predict', 'synth', 'dicom-info', 'anonymize', 'weights']
 
 
 def mv(*args, cwd=None, timeout=600):
