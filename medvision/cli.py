@@ -15,7 +15,7 @@ from .report import md_table, metrics_text
 from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo',
+__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
            'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
            'cli_anonymize', 'main']
 
@@ -42,20 +42,10 @@ def _model_desc(mdir) -> str:
     r = json.loads((Path(mdir)/'recipe.json').read_text()).get('recipe', {})
     return f"the model in {mdir} is a {r.get('task')} model, recipe '{r.get('name')}'" + (f", layout '{r['layout']}'" if r.get('layout') else '')
 
-_IMG_EXTS = {'.dcm', '.dicom', '.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy', '.nii', '.gz'}
-
-def expand_inputs(inputs, exts=_IMG_EXTS) -> list:
-    "Files named in `inputs`, with folders expanded (recursively) to the image files below them."
-    res = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        if p.is_dir():
-            fs = sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')
-                        and (f.suffix.lower() in exts or f.suffix == ''))
-            if not fs: raise MedvisionError("no image files in folder", p)
-            res += fs
-        else: res.append(p)
-    return res
+def input_files(inputs, roles=None) -> list:
+    "The files named in `inputs` (a path or a list), folders expanded by `medvision.io.list_files` (imported lazily)."
+    from medvision.io import list_files
+    return list_files(inputs, roles=roles)
 
 # %% ../nbs/70_cli.ipynb #0fd75162
 def cli_recipes(task:str=None, # Only recipes of this task (`segmentation` or `classification`)
@@ -146,7 +136,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
                 trust_pickle:bool=False): # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
-    files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
         df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
@@ -187,7 +177,7 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
                    csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
     "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
-    fs = expand_inputs([files] if isinstance(files, (str, Path)) else files, exts={'.dcm', '.dicom', '.ima'})
+    fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
     bad = df[df['error'].notna()] if 'error' in df else df.iloc[:0]

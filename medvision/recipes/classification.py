@@ -15,11 +15,11 @@ from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyF
 from ..core import MedvisionError, atomic_write_text
 from ..models import create_model
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
-from ..data.classification import (read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage,
-                                           IMG_EXTS, DCM_EXTS)
-from ..data.mri import read_mri, nifti_slices, vote_volumes, NIFTI_EXTS
+from ..data.classification import read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
+from ..io import file_role
+from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
-from .core import Recipe, register_recipe, _classes
+from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
 __all__ = ['EXTRA', 'LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
@@ -82,7 +82,7 @@ def data_info(recipe:Recipe, dls)->dict:
 
 def build_model(recipe:Recipe, dls):
     "`create_model(recipe.arch)` with `recipe.n_in` inputs and one output per class."
-    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
+    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(dls_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
 
 def build_loss(recipe:Recipe, dls):
     "Cross-entropy (optionally `label_smoothing` in `recipe.loss`), or BCE with logits for multi-label."
@@ -146,16 +146,16 @@ def _probs(learn, files, info):
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
-    logits = torch.cat(out) if out else torch.zeros(0, len(_classes(learn.dls)))
+    logits = torch.cat(out) if out else torch.zeros(0, len(dls_classes(learn.dls)))
     return (torch.sigmoid(logits) if info['multi_label'] else torch.softmax(logits, 1)).numpy()
 
 def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
     "One row per image or volume: `path`, `class`, `prob_<class>` (+ `n_slices` and votes for volumes, `error` if unreadable)."
     from medvision.io import check_files
-    classes,info = _classes(learn.dls),_info(learn, recipe)
+    classes,info = dls_classes(learn.dls),_info(learn, recipe)
     files = [Path(f) for f in files]
-    vols = [f for f in files if f.name.lower().endswith(NIFTI_EXTS)]
-    imgs = [f for f in files if f not in vols and (f.suffix.lower() in IMG_EXTS + DCM_EXTS or f.suffix == '')]
+    vols = [f for f in files if file_role(f) == 'volume']
+    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom') or f.suffix == '')]
     rows = []
     if imgs:
         with warnings.catch_warnings():
