@@ -161,9 +161,9 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               size:int=None, # Image size in pixels (default: the layout's)
               seed:int=0): # Random seed
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
-    from medvision.synth import LAYOUTS, synth
-    if layout not in LAYOUTS:
-        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(LAYOUTS)}")
+    from medvision.synth import SYNTH_LAYOUTS, synth
+    if layout not in SYNTH_LAYOUTS:
+        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
     p = synth(layout, out, n=n, size=size, seed=seed)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
     print(f"{layout}: {nf} files written to {p}")

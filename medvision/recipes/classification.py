@@ -22,8 +22,8 @@ from ..interpret.classification import ClassPreds, get_preds, scores, plot_confu
 from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
-__all__ = ['EXTRA', 'LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
-           'evaluate_dl', 'predict_files', 'build_eval_dl']
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+           'build_metrics', 'evaluate_dl', 'predict_files', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
 EXTRA = {
@@ -41,8 +41,6 @@ EXTRA = {
 }
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
-LAYOUTS = ('unifesp', 'chestct', 'mri')
-
 def _x(recipe, k, default=None): return recipe.extra.get(k, default)
 
 def _opener(recipe)->str:
@@ -57,12 +55,20 @@ def read_items(recipe:Recipe, data)->pd.DataFrame:
     if isinstance(data, pd.DataFrame): return data
     kw = dict(valid_pct=_x(recipe, 'valid_pct', 0.2), seed=recipe.seed, check=_x(recipe, 'check', True),
               skip_bad=_x(recipe, 'skip_bad', False))
-    if recipe.layout == 'unifesp': return read_unifesp(data, **kw)
-    if recipe.layout == 'chestct': return read_chestct(data, class_map=_x(recipe, 'class_map'), **kw)
-    if recipe.layout == 'mri':
-        return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw,
-                        **({'min_fg': _x(recipe, 'min_fg')} if _x(recipe, 'min_fg') is not None else {}))
-    raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; use one of {LAYOUTS}")
+    if recipe.layout not in CLS_LAYOUTS:
+        raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; "
+                             f"use one of {list(CLS_LAYOUTS)}")
+    return CLS_LAYOUTS[recipe.layout](recipe, data, **kw)
+
+def _read_mri(recipe, data, **kw):
+    min_fg = _x(recipe, 'min_fg')
+    return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw, **({'min_fg': min_fg} if min_fg is not None else {}))
+
+CLS_LAYOUTS = {   # classification layout → its item-table reader (recipe, data, **common options)
+    'unifesp': lambda recipe, data, **kw: read_unifesp(data, **kw),
+    'chestct': lambda recipe, data, **kw: read_chestct(data, class_map=_x(recipe, 'class_map'), **kw),
+    'mri': _read_mri,
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #cd6ab652
 def build_dls(recipe:Recipe, data):
