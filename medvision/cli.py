@@ -130,11 +130,23 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
             rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
     return pd.DataFrame(rows)
 
+def _write_submission(df, model, path, threshold):
+    "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
+    from medvision.core import atomic_write
+    from medvision.recipes.classification import submission_table
+    _,meta = load_recipes().read_model_meta(model)
+    if meta['recipe']['task'] != 'classification': raise MedvisionError("--submission needs a classification model", model)
+    ml = bool((meta.get('data_info') or {}).get('multi_label'))
+    sub = submission_table(df, meta.get('classes') or [], threshold=threshold, multi_label=ml)
+    atomic_write(path, lambda t: sub.to_csv(t, index=False))
+
 def cli_predict(model:Annotated[Path, "Model folder written by `medvision train` (or, with --trust-pickle, a fastai export .pkl)", {'required':True}]=None,
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
-                trust_pickle:bool=False): # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
+                threshold:float=None): # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
     files = input_files(inputs)
     mp = check_exists(model, 'model folder')
@@ -148,10 +160,12 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
+    if submission is not None: _write_submission(df, model, submission, threshold)
     import pandas as pd
     with pd.option_context('display.max_rows', 50, 'display.width', 200):
         print(df.to_string(index=False) if len(df) <= 50 else df)
     if csv is not None: print(f"written to {csv}")
+    if submission is not None: print(f"submission written to {submission}")
     return df
 
 # %% ../nbs/70_cli.ipynb #cb52ab15
