@@ -184,6 +184,7 @@ def seg_score(data, r, out, res, **kw):
     ids = np.arange(len(tp))
     return dict(recipe=r.name, pretrained=kw.get('pretrained', r.pretrained), lesion_dice=round(float(dice(ids)), 4),
                 ci=bootstrap(ids, dice), n_valid=len(tp), s_per_epoch=_s_per_epoch(res), best_epoch=res['best_epoch'],
+                epochs_run=res['epochs_run'],
                 train_time_s=round(res['train_time_s'], 1))
 
 
@@ -236,9 +237,11 @@ def table(res):
             if not r: continue
             m = 'lesion_dice' if w == 'covid' else 'macro_f1'
             extra = f"; volume acc {r['volume_accuracy']:.3f} {r['volume_ci']}" if 'volume_accuracy' in r else ''
-            rows.append(f"| {w} | {k} | `{r['recipe']}`{' (scratch)' if not r['pretrained'] else ''} | {m} {r[m]:.3f} "
+            net = f"`{r['recipe']}`" + (' as `unet-efflite0`' if w == 'covid' and k != 'seed_net' else '')
+            rows.append(f"| {w} | {k} | {net}{' (scratch)' if not r['pretrained'] else ''} | {m} {r[m]:.3f} "
                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
-                        f"{st.get('epochs')} ep, bs {st.get('bs')}; {st.get('split')} |")
+                        f"{r.get('epochs_run', st.get('epochs'))} of {st.get('epochs')} ep, bs {st.get('bs')}; "
+                        f"{st.get('split')} |")
     return '\n'.join(rows)
 
 

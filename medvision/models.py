@@ -231,7 +231,7 @@ def _hub_reachable(timeout:float=2.0):
     u = urlparse(constants.ENDPOINT)
     try:
         with socket.create_connection((u.hostname, u.port or (443 if u.scheme=='https' else 80)), timeout=timeout): return True
-    except OSError: return False
+    except Exception: return False   # any failed probe (DNS, refused, blocked) = unreachable
 
 def _download(name):
     "The weights of `name` fetched by timm / smp from the network (they land in the HF / torch caches)."
