@@ -74,7 +74,8 @@ log = logging.getLogger('medvision')
 
 class _Stderr(logging.StreamHandler):
     "A handler writing to whatever `sys.stderr` is at the time (so redirected stderr sees the messages)."
-    stream = property(lambda self: sys.stderr, lambda self, v: None)
+    _sys = sys   # kept on the class: module globals are gone at interpreter exit, when logging flushes
+    stream = property(lambda self: self._sys.stderr, lambda self, v: None)
 
 if not log.handlers:
     _h = _Stderr(); _h.setFormatter(logging.Formatter('medvision: %(message)s'))
