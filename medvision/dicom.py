@@ -304,12 +304,14 @@ def dicom_from_array(arr:np.ndarray, # Stored values (uint8/16, int16): (H,W), (
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.SOPClassUID = pydicom.uid.CTImageStorage if modality == 'CT' else pydicom.uid.SecondaryCaptureImageStorage
     ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.Modality = modality
     ds.set_pixel_data(arr, photometric or ('RGB' if rgb else 'MONOCHROME2'), bits_stored or arr.dtype.itemsize*8, generate_instance_uid=False)
     if slope is not None or intercept is not None: ds.RescaleSlope, ds.RescaleIntercept = slope or 1, intercept or 0
     for k,v in tags.items(): setattr(ds, k, v)
-    if fn is not None: ds.save_as(fn, enforce_file_format=True)
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    if fn is not None:
+        Path(fn).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(fn, enforce_file_format=True)
     return ds
 
 # %% ../nbs/01_dicom.ipynb #311a7f65
