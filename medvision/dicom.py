@@ -401,7 +401,7 @@ def dicom_meta_df(files, # DICOM file paths
     cols = ['fname'] + [c for c in df.columns if c not in ('fname', 'error')] + ['error']
     return df.reindex(columns=cols)
 
-# %% ../nbs/01_dicom.ipynb #63262947
+# %% ../nbs/01_dicom.ipynb #15a83f9b
 PS315_EDITION = '2026d'
 DEID_OPTIONS = {  # option flag -> (CID 7050 code, meaning), in Table E.1-1's column order
     'retain_safe_private': ('113111', 'Retain Safe Private Option'),
@@ -430,7 +430,7 @@ def _rows():
 
 PHI_TAGS = {r['keyword']: r['basic_profile'] for r in deid_table().to_dict('records') if r['keyword']}
 
-# %% ../nbs/01_dicom.ipynb #edb8d250
+# %% ../nbs/01_dicom.ipynb #e9044515
 def _table_row(tag):
     "The Table E.1-1 row covering `tag` (with the wildcards: private attributes, curves 50xx, overlays 60xx), or None."
     fixed, wild = _rows()
@@ -451,7 +451,7 @@ def deid_action(row:dict, # A row of `deid_table()`
     a = ('K' if acts == {'K'} else 'C') if acts else row['basic_profile']
     return _COMPOUND.get(a, a)
 
-# %% ../nbs/01_dicom.ipynb #f205713e
+# %% ../nbs/01_dicom.ipynb #7a3f964c
 DEID_EXTRA = {  # tag -> action: attributes medvision protects although Table E.1-1 does not list them
     0x00080051: 'X', # Issuer of Accession Number Sequence (names the hospital)
     0x00100024: 'X', # Issuer of Patient ID Qualifiers Sequence
@@ -490,7 +490,7 @@ def profile_keeps(el, options=()) -> bool:
     "Whether de-identification with `options` keeps `el`'s value unchanged (what `dicom_meta_df(phi=False)` shows)."
     return _deid_rule(el, options)[0] == 'K'
 
-# %% ../nbs/01_dicom.ipynb #3841bfc1
+# %% ../nbs/01_dicom.ipynb #55481acc
 _DUMMY = {'PN': 'ANONYMOUS', 'DA': '19000101', 'TM': '000000.00', 'DT': '19000101000000', 'AS': '000Y', 'AE': 'ANONYMOUS',
           'CS': 'ANONYMIZED', 'UR': 'ANONYMIZED', 'DS': '0', 'IS': '0'}
 _NUM = ('US', 'SS', 'UL', 'SL', 'FL', 'FD', 'UV', 'SV', 'AT')
@@ -511,12 +511,12 @@ def keyed_uid(key:bytes, # Secret key (HMAC-SHA256)
 
 def _pseudonym(key, kind, value, n=10): return 'ANON-' + _keyed(key, f"{kind}|{value}").hex()[:n].upper()
 
-# %% ../nbs/01_dicom.ipynb #e97d1851
+# %% ../nbs/01_dicom.ipynb #e6bba8d3
 class _Deid:
     "One de-identification: key, options, the old→new map shared across files, the PHI to scrub, the audit rows."
     def __init__(self, key, options, uid_map, keep):
         self.key, self.opts, self.m, self.keep, self.audit = key, tuple(options), uid_map, set(keep), []
-        self.phi, self.days = [], 0
+        self.phi_re, self.days = None, 0
 
     def uid(self, u):
         u = str(u).strip().rstrip('\x00')
@@ -536,7 +536,7 @@ class _Deid:
 
     def scrub(self, s):
         "`s` with every identifying value of this dataset (names, IDs, dates...) cut out."
-        for v in self.phi: s = re.sub(re.escape(v), '', s, flags=re.I)
+        if self.phi_re is not None: s = self.phi_re.sub('', s)
         return ' '.join(s.split())
 
     def shift(self, v, vr):
@@ -546,7 +546,7 @@ class _Deid:
         except ValueError: return ''
         return d.strftime('%Y%m%d') + str(v)[8:]
 
-# %% ../nbs/01_dicom.ipynb #c16128b2
+# %% ../nbs/01_dicom.ipynb #74482978
 def _collect_phi(ds, options=()):
     "Identifying strings in `ds` (values `options` neither keep nor clean), to scrub from the text that is cleaned (C)."
     vals = set()
@@ -570,7 +570,7 @@ def _clean_value(el, st):
     if vr == 'PN': return ''
     return el.value
 
-# %% ../nbs/01_dicom.ipynb #16775439
+# %% ../nbs/01_dicom.ipynb #af485898
 def _apply(ds, st, where='', scrub=False):
     "Apply the profile to every element of `ds` and, recursively, of its sequences; log every change in `st.audit`."
     for el in list(ds):
@@ -588,7 +588,7 @@ def _apply(ds, st, where='', scrub=False):
         if a in ('K', 'U', 'C') and el.VR == 'SQ' and el.tag in ds:
             for i, item in enumerate(el.value or []): _apply(item, st, f"{where}{name}[{i}].", scrub or a == 'C')
 
-# %% ../nbs/01_dicom.ipynb #fa8841df
+# %% ../nbs/01_dicom.ipynb #787c9adb
 _BURN_PRONE = ('US', 'IVUS', 'SC', 'XC', 'ES', 'OT', 'GM', 'DOC', 'OP')
 
 def burned_in_risk(ds:DcmDataset) -> str|None:
@@ -601,7 +601,7 @@ def burned_in_risk(ds:DcmDataset) -> str|None:
         return f"BurnedInAnnotation is {'absent' if not v else repr(v)} on a {mod} image (a modality prone to burned-in text)"
     return None
 
-# %% ../nbs/01_dicom.ipynb #f2e16acf
+# %% ../nbs/01_dicom.ipynb #e6ab3256
 def _check_options(options):
     opts = [options] if isinstance(options, str) else list(options)
     for o in opts:
@@ -620,14 +620,15 @@ def _key_bytes(key):
     if key is None: return secrets.token_bytes(32)
     return key if isinstance(key, bytes) else str(key).encode('utf-8')
 
-# %% ../nbs/01_dicom.ipynb #25d69b95
+# %% ../nbs/01_dicom.ipynb #243a5e46
 def _mark(ds, st, identity_removed):
     "PatientIdentityRemoved, DeidentificationMethod(+CodeSequence) and the temporal flag, as `st`'s options say."
     ds.PatientIdentityRemoved = 'YES' if identity_removed else 'NO'
     done = ['113100'] + [DEID_OPTIONS[o][0] for o in st.opts]
     names = ['Basic Application Confidentiality Profile'] + [DEID_OPTIONS[o][1] for o in st.opts]
-    ds.DeidentificationMethod = (f"PS3.15 {PS315_EDITION} E.1-1 basic profile" + ''.join(f" + {o}" for o in st.opts)
-                                 + ('' if identity_removed else '; burned-in annotation NOT removed'))[:64]
+    n = len(st.opts)
+    ds.DeidentificationMethod = (f"PS3.15 {PS315_EDITION} basic profile" + (f" +{n} option{'s' * (n > 1)}" if n else '')
+                                 + ('' if identity_removed else '; burned-in text NOT removed'))
     items = []
     for code, meaning in zip(done, names):
         it = pydicom.Dataset()
@@ -647,7 +648,7 @@ def _new_file_meta(ds):
     fm.ImplementationClassUID, fm.ImplementationVersionName = pydicom.uid.PYDICOM_IMPLEMENTATION_UID, 'MEDVISION_DEID'
     ds.file_meta, ds.preamble = fm, b'\0' * 128
 
-# %% ../nbs/01_dicom.ipynb #22f80886
+# %% ../nbs/01_dicom.ipynb #4517c193
 def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
                       uid_map:dict=None, # old → new UIDs / pseudonyms from earlier calls (updated)
                       key=None, # Secret for the keyed hash (str/bytes); None: random for this call
@@ -662,7 +663,8 @@ def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
         raise _err(_fname(ds), f"{why}: the pixels may show the patient's name or ID, which anonymize does not remove. "
                                "Check the images, then pass allow_burned_in=True (--allow-burned-in) to write them anyway")
     st = _Deid(_key_bytes(key), opts, m, keep)
-    st.phi = _collect_phi(ds, opts)
+    phi = _collect_phi(ds, opts)
+    st.phi_re = re.compile('|'.join(map(re.escape, phi)), re.I) if phi else None
     if 'retain_modified_dates' in opts:
         st.days = 1 + int.from_bytes(_keyed(st.key, f"days|{ds.get('PatientID', '')}")[:4], 'big') % 3650
     _apply(ds, st)
@@ -671,7 +673,7 @@ def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
     if audit is not None: audit.extend(st.audit)
     return m
 
-# %% ../nbs/01_dicom.ipynb #ce411333
+# %% ../nbs/01_dicom.ipynb #c3bd0243
 class AnonymizeResult(dict):
     "The old → new UID/pseudonym map of an `anonymize` call, plus `written` (output paths), `skipped` and `audit` (path)."
     written, skipped, audit = (), (), None
@@ -692,7 +694,7 @@ def _check_dst(dst):
         if p.exists() and not p.is_dir() and p != Path(dst):
             raise _err(dst, f"cannot write under {p}: it is a file, not a folder")
 
-# %% ../nbs/01_dicom.ipynb #e817f13a
+# %% ../nbs/01_dicom.ipynb #46559db8
 def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
     "Open, de-identify and atomically write one file; return the output path."
     ds = open_dicom(f)
@@ -706,7 +708,7 @@ def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
     audit.extend({'file': out.name, **r} for r in rows)
     return out
 
-# %% ../nbs/01_dicom.ipynb #1b7031e2
+# %% ../nbs/01_dicom.ipynb #325af591
 def anonymize(src, # A DICOM file or a folder (searched recursively)
               dst, # Output file, or folder: `dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`
               uid_map:dict=None, # old → new UIDs from an earlier call, to stay consistent across calls
