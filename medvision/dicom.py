@@ -401,7 +401,7 @@ def dicom_meta_df(files, # DICOM file paths
     cols = ['fname'] + [c for c in df.columns if c not in ('fname', 'error')] + ['error']
     return df.reindex(columns=cols)
 
-# %% ../nbs/01_dicom.ipynb #15a83f9b
+# %% ../nbs/01_dicom.ipynb #67e2080a
 PS315_EDITION = '2026d'
 DEID_OPTIONS = {  # option flag -> (CID 7050 code, meaning), in Table E.1-1's column order
     'retain_safe_private': ('113111', 'Retain Safe Private Option'),
@@ -430,7 +430,7 @@ def _rows():
 
 PHI_TAGS = {r['keyword']: r['basic_profile'] for r in deid_table().to_dict('records') if r['keyword']}
 
-# %% ../nbs/01_dicom.ipynb #e9044515
+# %% ../nbs/01_dicom.ipynb #50c1e667
 def _table_row(tag):
     "The Table E.1-1 row covering `tag` (with the wildcards: private attributes, curves 50xx, overlays 60xx), or None."
     fixed, wild = _rows()
@@ -451,7 +451,7 @@ def deid_action(row:dict, # A row of `deid_table()`
     a = ('K' if acts == {'K'} else 'C') if acts else row['basic_profile']
     return _COMPOUND.get(a, a)
 
-# %% ../nbs/01_dicom.ipynb #7a3f964c
+# %% ../nbs/01_dicom.ipynb #fdee022a
 DEID_EXTRA = {  # tag -> action: attributes medvision protects although Table E.1-1 does not list them
     0x00080051: 'X', # Issuer of Accession Number Sequence (names the hospital)
     0x00100024: 'X', # Issuer of Patient ID Qualifiers Sequence
@@ -460,7 +460,10 @@ DEID_EXTRA = {  # tag -> action: attributes medvision protects although Table E.
     0x00100033: 'X', # Patient's Birth Date in Alternative Calendar
     0x00100034: 'X', # Patient's Death Date in Alternative Calendar
     0x00400031: 'X', # Local Namespace Entity ID (issuer of an identifier)
-    0x00400032: 'X'} # Universal Entity ID
+    0x00400032: 'X', # Universal Entity ID
+    0x00041130: 'X', # File-set ID (DICOMDIR)
+    0x00041141: 'X', # File-set Descriptor File ID
+    0x00041500: 'X'} # Referenced File ID: the input's file names (often the patient ID), meaningless after renaming
 _WELL_KNOWN_UI = ('TransferSyntaxUID', 'CodingSchemeUID', 'ImplementationClassUID')
 _TEXT_VRS = ('AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UT')
 
@@ -490,7 +493,7 @@ def profile_keeps(el, options=()) -> bool:
     "Whether de-identification with `options` keeps `el`'s value unchanged (what `dicom_meta_df(phi=False)` shows)."
     return _deid_rule(el, options)[0] == 'K'
 
-# %% ../nbs/01_dicom.ipynb #55481acc
+# %% ../nbs/01_dicom.ipynb #daf3dda9
 _DUMMY = {'PN': 'ANONYMOUS', 'DA': '19000101', 'TM': '000000.00', 'DT': '19000101000000', 'AS': '000Y', 'AE': 'ANONYMOUS',
           'CS': 'ANONYMIZED', 'UR': 'ANONYMIZED', 'DS': '0', 'IS': '0'}
 _NUM = ('US', 'SS', 'UL', 'SL', 'FL', 'FD', 'UV', 'SV', 'AT')
@@ -511,7 +514,7 @@ def keyed_uid(key:bytes, # Secret key (HMAC-SHA256)
 
 def _pseudonym(key, kind, value, n=10): return 'ANON-' + _keyed(key, f"{kind}|{value}").hex()[:n].upper()
 
-# %% ../nbs/01_dicom.ipynb #e6bba8d3
+# %% ../nbs/01_dicom.ipynb #591a79a8
 class _Deid:
     "One de-identification: key, options, the old→new map shared across files, the PHI to scrub, the audit rows."
     def __init__(self, key, options, uid_map, keep):
@@ -546,7 +549,7 @@ class _Deid:
         except ValueError: return ''
         return d.strftime('%Y%m%d') + str(v)[8:]
 
-# %% ../nbs/01_dicom.ipynb #74482978
+# %% ../nbs/01_dicom.ipynb #d36c0368
 def _collect_phi(ds, options=()):
     "Identifying strings in `ds` (values `options` neither keep nor clean), to scrub from the text that is cleaned (C)."
     vals = set()
@@ -570,7 +573,7 @@ def _clean_value(el, st):
     if vr == 'PN': return ''
     return el.value
 
-# %% ../nbs/01_dicom.ipynb #af485898
+# %% ../nbs/01_dicom.ipynb #fca5094e
 def _apply(ds, st, where='', scrub=False):
     "Apply the profile to every element of `ds` and, recursively, of its sequences; log every change in `st.audit`."
     for el in list(ds):
@@ -588,7 +591,7 @@ def _apply(ds, st, where='', scrub=False):
         if a in ('K', 'U', 'C') and el.VR == 'SQ' and el.tag in ds:
             for i, item in enumerate(el.value or []): _apply(item, st, f"{where}{name}[{i}].", scrub or a == 'C')
 
-# %% ../nbs/01_dicom.ipynb #787c9adb
+# %% ../nbs/01_dicom.ipynb #96803f57
 _BURN_PRONE = ('US', 'IVUS', 'SC', 'XC', 'ES', 'OT', 'GM', 'DOC', 'OP')
 
 def burned_in_risk(ds:DcmDataset) -> str|None:
@@ -601,7 +604,7 @@ def burned_in_risk(ds:DcmDataset) -> str|None:
         return f"BurnedInAnnotation is {'absent' if not v else repr(v)} on a {mod} image (a modality prone to burned-in text)"
     return None
 
-# %% ../nbs/01_dicom.ipynb #e6ab3256
+# %% ../nbs/01_dicom.ipynb #8c5b7e57
 def _check_options(options):
     opts = [options] if isinstance(options, str) else list(options)
     for o in opts:
@@ -620,7 +623,7 @@ def _key_bytes(key):
     if key is None: return secrets.token_bytes(32)
     return key if isinstance(key, bytes) else str(key).encode('utf-8')
 
-# %% ../nbs/01_dicom.ipynb #243a5e46
+# %% ../nbs/01_dicom.ipynb #ec836440
 def _mark(ds, st, identity_removed):
     "PatientIdentityRemoved, DeidentificationMethod(+CodeSequence) and the temporal flag, as `st`'s options say."
     ds.PatientIdentityRemoved = 'YES' if identity_removed else 'NO'
@@ -648,7 +651,7 @@ def _new_file_meta(ds):
     fm.ImplementationClassUID, fm.ImplementationVersionName = pydicom.uid.PYDICOM_IMPLEMENTATION_UID, 'MEDVISION_DEID'
     ds.file_meta, ds.preamble = fm, b'\0' * 128
 
-# %% ../nbs/01_dicom.ipynb #4517c193
+# %% ../nbs/01_dicom.ipynb #7863b540
 def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
                       uid_map:dict=None, # old → new UIDs / pseudonyms from earlier calls (updated)
                       key=None, # Secret for the keyed hash (str/bytes); None: random for this call
@@ -673,7 +676,7 @@ def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
     if audit is not None: audit.extend(st.audit)
     return m
 
-# %% ../nbs/01_dicom.ipynb #c3bd0243
+# %% ../nbs/01_dicom.ipynb #33f6a1d2
 class AnonymizeResult(dict):
     "The old → new UID/pseudonym map of an `anonymize` call, plus `written` (output paths), `skipped` and `audit` (path)."
     written, skipped, audit = (), (), None
@@ -694,7 +697,7 @@ def _check_dst(dst):
         if p.exists() and not p.is_dir() and p != Path(dst):
             raise _err(dst, f"cannot write under {p}: it is a file, not a folder")
 
-# %% ../nbs/01_dicom.ipynb #46559db8
+# %% ../nbs/01_dicom.ipynb #301f9f98
 def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
     "Open, de-identify and atomically write one file; return the output path."
     ds = open_dicom(f)
@@ -708,7 +711,7 @@ def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
     audit.extend({'file': out.name, **r} for r in rows)
     return out
 
-# %% ../nbs/01_dicom.ipynb #325af591
+# %% ../nbs/01_dicom.ipynb #a3b7cd67
 def anonymize(src, # A DICOM file or a folder (searched recursively)
               dst, # Output file, or folder: `dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`
               uid_map:dict=None, # old → new UIDs from an earlier call, to stay consistent across calls
