@@ -247,6 +247,9 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
                    csv:Path=None, # Write every column de-identification keeps to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
     "Print a metadata table for DICOM `files`: one row per file, only attributes PS3.15 de-identification keeps."
+    if csv is not None and Path(csv).is_dir(): raise MedvisionError("is a folder: --csv needs a file name", csv)
+    if csv is not None and any(p.exists() and not p.is_dir() for p in Path(csv).parents):
+        raise MedvisionError("cannot write the CSV: a parent of this path is a file, not a folder", csv)
     fs = expand_inputs([files] if isinstance(files, (str, Path)) else files, exts={'.dcm', '.dicom', '.ima'})
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)

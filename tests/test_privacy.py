@@ -348,3 +348,14 @@ def test_options_change_exactly_their_columns(tmp_path):
         anonymize_dataset(_planted(0)[0], options=['retain_full_dates', 'retain_modified_dates'])
     with _pt.raises(MedvisionError, match="did you mean 'retain_uids'"):
         anonymize_dataset(_planted(0)[0], options=['retain_uid'])
+
+
+def test_dicom_info_csv_path_errors(tmp_path, cli):
+    import numpy as np
+    from medvision.dicom import dicom_from_array
+    dicom_from_array(np.zeros((4, 4), np.int16), tmp_path/'a.dcm')
+    (tmp_path/'afile').write_text('x')
+    r = cli('dicom-info', tmp_path/'a.dcm', '--csv', tmp_path)                       # --csv at a folder
+    assert r.returncode == 1 and 'is a folder: --csv needs a file name' in r.stderr and 'unexpected' not in r.stderr
+    r = cli('dicom-info', tmp_path/'a.dcm', '--csv', tmp_path/'afile'/'x.csv')       # --csv under a file
+    assert r.returncode == 1 and 'is a file, not a folder' in r.stderr and 'unexpected' not in r.stderr
