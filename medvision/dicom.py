@@ -712,28 +712,30 @@ def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
     return out
 
 # %% ../nbs/01_dicom.ipynb #a3b7cd67
+def _plan(src, dst):
+    "`(files, out_for, audit_log)`: what to read, where each de-identified dataset goes, where the audit log goes."
+    if src.is_dir():
+        if dst.is_file(): raise _err(dst, "is a file: the output of a folder must be a folder")
+        if dst.resolve().is_relative_to(src.resolve()):
+            raise _err(dst, f"output folder is inside the input folder {src}: choose another place")
+        return sorted(f for f in src.rglob('*') if f.is_file()), (lambda ds, i: _out_path(ds, dst, i)), dst/'deid-audit.jsonl'
+    if dst.is_dir(): return [src], (lambda ds, i: dst/f"{ds.get('SOPInstanceUID') or 'anonymized'}.dcm"), dst/'deid-audit.jsonl'
+    return [src], (lambda ds, i: dst), dst.with_name(dst.stem + '.audit.jsonl')
+
 def anonymize(src, # A DICOM file or a folder (searched recursively)
               dst, # Output file, or folder: `dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`
               uid_map:dict=None, # old → new UIDs from an earlier call, to stay consistent across calls
-              key=None, # Secret (str/bytes) for keyed new UIDs/pseudonyms: equal keys map a study equally in any call. None: random per call
+              key=None, # Secret (str/bytes) for keyed UIDs/pseudonyms: one key maps a study alike in every call; None: random
               options=(), # Option flags of PS3.15 E.3 (`DEID_OPTIONS`), e.g. ('clean_descriptors', 'retain_modified_dates')
               keep=(), # Keywords to keep despite the profile, e.g. ('SeriesDescription',)
               allow_burned_in:bool=False, # Write images with (possible) burned-in annotation; not marked identity-removed
               salt=None): # Old name of `key`
     "De-identify `src` into `dst` per DICOM PS3.15 Table E.1-1; pixels untouched; writes an audit log; returns the UID map."
     src, dst = Path(src), Path(dst)
-    m, key = ({} if uid_map is None else uid_map), _key_bytes(key if key is not None else salt)
-    opts = _check_options(options)
+    m, key, opts = ({} if uid_map is None else uid_map), _key_bytes(key if key is not None else salt), _check_options(options)
     _check_dst(dst)
-    if src.is_dir() and dst.is_file(): raise _err(dst, "is a file: the output of a folder must be a folder")
-    if src.is_dir():
-        if dst.resolve().is_relative_to(src.resolve()): raise _err(dst, f"output folder is inside the input folder {src}: choose another place")
-        files, out_for, log = sorted(f for f in src.rglob('*') if f.is_file()), (lambda ds, i: _out_path(ds, dst, i)), dst/'deid-audit.jsonl'
-    else:
-        one = (lambda ds, i: dst/f"{ds.get('SOPInstanceUID') or 'anonymized'}.dcm") if dst.is_dir() else (lambda ds, i: dst)
-        files, out_for, log = [src], one, (dst/'deid-audit.jsonl' if dst.is_dir() else dst.with_name(dst.stem + '.audit.jsonl'))
-    res, audit, skipped = AnonymizeResult(), [], []
-    written = []
+    files, out_for, log = _plan(src, dst)
+    res, audit, written, skipped = AnonymizeResult(), [], [], []
     for i, f in enumerate(files):
         try: written.append(_anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i))
         except MedvisionError as e:
