@@ -171,6 +171,7 @@ def test_pretrained_offline_fails_fast_with_fix(name, empty_weight_cache):
     assert constants.HF_HUB_OFFLINE is True  # the user's own offline setting is kept
 
 
+@pytest.mark.network_probe
 def test_pretrained_without_internet_here():
     "The real path: the Hub probe fails (tests are blocked from the network) and the failure is fast and says what to do."
     assert not _hub_reachable()

@@ -7,6 +7,7 @@ Docs: https://medvision-dev.github.io/medvision/recipes.classification.html.md""
 # %% ../../nbs/52_recipes.classification.ipynb #fbd7cda0
 from __future__ import annotations
 import json, warnings
+from types import SimpleNamespace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -23,7 +24,7 @@ from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
 __all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
-           'build_metrics', 'evaluate_dl', 'predict_files', 'submission_table', 'build_eval_dl']
+           'build_metrics', 'evaluate_dl', 'build_test_dl', 'predict_files', 'submission_table', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
 EXTRA = {
@@ -151,11 +152,19 @@ def _info(learn, recipe):
     info.setdefault('opener', _opener(recipe)); info.setdefault('size', recipe.size)
     info.setdefault('resize', _x(recipe, 'resize', 'crop')); info.setdefault('augs', recipe.augs or 'none')
     info.setdefault('multi_label', _x(recipe, 'multi_label', False)); info.setdefault('min_fg', _x(recipe, 'min_fg', 0.05))
+    info.setdefault('normalize', _norm(recipe))
     return info
 
+def build_test_dl(recipe:Recipe, dls, files, bs:int=16):
+    "The inference DataLoader of `files` with the model's preprocessing (what `predict` and Grad-CAM use)."
+    info = _info(SimpleNamespace(dls=dls), recipe)
+    return inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=bs,
+                        device=getattr(dls, 'device', None), normalize=info.get('normalize', True))
+
 def _probs(learn, files, info):
-    dl = inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=16, normalize=info.get('normalize', True),
-                      device=getattr(learn.dls, 'device', None))
+    dl = build_test_dl(learn.mv_recipe, learn.dls, files) if hasattr(learn, 'mv_recipe') else inference_dl(
+        files, info['opener'], info['size'], info['augs'], info['resize'], bs=16, device=getattr(learn.dls, 'device', None),
+        normalize=info.get('normalize', True))
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
@@ -202,7 +211,7 @@ def _row(pr, classes, info, thr):
 def _sop_uid(path) -> str:
     "SOPInstanceUID from the DICOM header, else the file name without extension and '-c'."
     p = Path(path)
-    if p.suffix.lower() in DCM_EXTS or p.suffix == '':
+    if file_role(p) == 'dicom' or p.suffix == '':
         try:
             import pydicom
             uid = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=['SOPInstanceUID']).get('SOPInstanceUID')
