@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from .core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES
+from .core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES, orient_array
 from .phantoms import (synth_ct_slice, synth_ct_volume, synth_radiograph, synth_mri_slice, synth_mri_case,
                                 synth_chestct, show_synth, _ct_slice, _ct_volume)
 
 # %% auto #0
 __all__ = ['UID_PREFIX', 'FAKE_PHI', 'MEDSEG_LABELS', 'CT_INTERCEPT', 'DEFAULT_BODYPARTS', 'CHESTCT_FOLDERS', 'MRI_NIFTI_STYLES',
            'LAYOUTS', 'kaggle_onehot', 'covid_npy_arrays', 'write_covid_npy', 'write_covid_png', 'write_medseg_nifti',
-           'write_dicom_ct', 'ct_volume_geometry', 'orient_array', 'write_ct_volume_nifti', 'write_ct_volume_dicom',
+           'write_dicom_ct', 'ct_volume_geometry', 'write_ct_volume_nifti', 'write_ct_volume_dicom',
            'write_unifesp_dicom', 'write_unifesp_png', 'write_chestct', 'write_mri_folders', 'write_mri_nifti', 'synth',
            'synth_ct_slice', 'synth_ct_volume', 'synth_radiograph', 'synth_mri_slice', 'synth_mri_case',
            'synth_chestct', 'show_synth']
@@ -217,21 +217,13 @@ def write_dicom_ct(out, # Folder to write into (created); the series goes to `ou
     _ct_series(out/'ct-series', np.moveaxis(hu, 0, -1), ras, seed, 'ct')
     return out
 
-# %% ../nbs/03_synth.ipynb #b623913b
+# %% ../nbs/03_synth.ipynb #b9bd772d
 def ct_volume_geometry(size:int, depth:int, # Slice side and number of slices
                        spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
                        origin=(-120., -95., -310.)): # LPS position (mm) of the first voxel
     "RAS affine of a `synth_ct_volume` stacked as `(H,W,D)`: rows run anterior→posterior, columns right→left, slices upward."
     dr,dc,dz = spacing
     return np.array([[0, -dc, 0, -origin[0]], [-dr, 0, 0, -origin[1]], [0, 0, dz, origin[2]], [0, 0, 0, 1.]])
-
-def orient_array(a, # Array `(H,W,D[,...])` whose voxel → RAS map is `affine`
-                 affine, # 4×4 RAS affine of `a`
-                 codes:str): # Target axis codes, e.g. 'LAS', 'PLS' (nibabel's `aff2axcodes` letters)
-    "`(a, affine)` re-stored with axes flipped/permuted to the orientation `codes`: the same voxels in the same places."
-    import nibabel.orientations as no
-    t = no.ornt_transform(no.io_orientation(affine), no.axcodes2ornt(tuple(codes)))
-    return no.apply_orientation(a, t), affine @ no.inv_ornt_aff(t, a.shape[:3])
 
 def _ct_volume_cases(n, size, depth, seed, noise, spacing):
     "`n` synthetic patients: `(hu (H,W,D), mask (H,W,D), affine)` in the radiological `PLS` storage order."
