@@ -217,7 +217,7 @@ def write_dicom_ct(out, # Folder to write into (created); the series goes to `ou
     _ct_series(out/'ct-series', np.moveaxis(hu, 0, -1), ras, seed, 'ct')
     return out
 
-# %% ../nbs/03_synth.ipynb #b9bd772d
+# %% ../nbs/03_synth.ipynb #51c69897
 def ct_volume_geometry(size:int, depth:int, # Slice side and number of slices
                        spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
                        origin=(-120., -95., -310.)): # LPS position (mm) of the first voxel
@@ -263,7 +263,7 @@ def write_ct_volume_dicom(out, # Folder to write into (created): one series fold
         codes = 'ARS' if flipped else 'PLS'
         a,A = orient_array(hu, aff, codes)
         names = [f'IM{depth-k:04d}.dcm' for k in range(depth)] if flipped else None
-        _ct_series(out/f'series_{i}', a, A, seed, f'ctvol{i}', names, SeriesDescription=f'SYNTH VOLUME {i}')
+        _ct_series(out/f'series_{i}', a, A, seed, f'ctvol{i}' + ('-flipped' if flipped else ''), names, SeriesDescription=f'SYNTH VOLUME {i}')
         _nifti(out/f'series_{i}_mask.nii.gz', orient_array(ms, aff, codes)[0], spacing, A)
     return out
 
