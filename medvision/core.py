@@ -102,7 +102,7 @@ def default_device():
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
-# %% ../nbs/00_core.ipynb #052bdff1
+# %% ../nbs/00_core.ipynb #40f405c1
 def orient_array(a, # Array `(I,J,K[,...])` whose voxel → RAS mm map is `affine`
                  affine, # 4×4 RAS affine of `a`
                  codes:str): # Target axis codes, e.g. 'LAS', 'PLS' (nibabel's `aff2axcodes` letters)

@@ -217,7 +217,7 @@ def write_dicom_ct(out, # Folder to write into (created); the series goes to `ou
     _ct_series(out/'ct-series', np.moveaxis(hu, 0, -1), ras, seed, 'ct')
     return out
 
-# %% ../nbs/03_synth.ipynb #4892c477
+# %% ../nbs/03_synth.ipynb #08e2948f
 def ct_volume_geometry(size:int, depth:int, # Slice side and number of slices
                        spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
                        origin=(-120., -95., -310.)): # LPS position (mm) of the first voxel
