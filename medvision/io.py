@@ -128,7 +128,8 @@ def read_dicom_series(folder): # A folder holding the DICOM files of one series
     "Read one DICOM series → `(array float32 (H,W,D) in real units, 4×4 RAS affine, header datasets in slice order)`."
     files = [f for f in sorted(Path(folder).rglob('*')) if f.is_file() and not f.name.startswith('.') and (file_ext(f) in DICOM_EXTS or _maybe_dicom(f))]
     if not files: raise MedvisionError("no DICOM files in folder", folder)
-    hs = [open_dicom(f, header_only=True) for f in files]
+    hs = [d for d in (open_dicom(f, header_only=True) for f in files) if 'Rows' in d]   # DICOMDIR, SR, ...: not slices
+    if not hs: raise MedvisionError(f"none of the {len(files)} DICOM files in the folder is an image slice", folder)
     iop = _one_series(folder, hs)
     X, Y = iop[:3], iop[3:]; N = np.cross(X, Y)
     z = np.array([float(np.dot(N, np.asarray(d.get('ImagePositionPatient') or (0, 0, 0), float))) for d in hs])

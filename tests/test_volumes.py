@@ -143,3 +143,15 @@ def test_volume_table_ml(vols):
     assert np.isclose(t.loc['lesion', 'pct_of_lung'], 100*les/lung)
     # slices along head-feet (axis 2 of the LAS file) holding any lesion
     assert t.loc['lesion', 'slices_with_lesion'] == int((truth < 2).any((0, 1)).sum()) and v.slice_axis == 2
+
+
+def test_non_image_dicom_is_skipped(vols, tmp_path):
+    "A DICOMDIR-like object without pixels (no Rows) in the series folder is not a slice."
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    _copy_series(vols, tmp_path/'s')
+    ds = Dataset(); ds.file_meta = FileMetaDataset(); ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = '1.2.840.10008.1.3.10'; ds.file_meta.MediaStorageSOPInstanceUID = '1.2.3'
+    ds.SOPClassUID = '1.2.840.10008.1.3.10'; ds.SOPInstanceUID = '1.2.3'
+    pydicom.dcmwrite(tmp_path/'s'/'DICOMDIR', ds, enforce_file_format=True)
+    assert load_volume(tmp_path/'s').shape == (32, 32, 12)
