@@ -15,7 +15,7 @@ from .report import md_table, metrics_text
 from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo',
+__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
            'cli_train', 'cli_evaluate', 'predict_exported', 'predict_volume_inputs', 'cli_predict', 'cli_synth',
            'cli_dicom_info', 'cli_anonymize', 'main']
 
@@ -42,20 +42,10 @@ def _model_desc(mdir) -> str:
     r = json.loads((Path(mdir)/'recipe.json').read_text()).get('recipe', {})
     return f"the model in {mdir} is a {r.get('task')} model, recipe '{r.get('name')}'" + (f", layout '{r['layout']}'" if r.get('layout') else '')
 
-_IMG_EXTS = {'.dcm', '.dicom', '.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy', '.nii', '.gz'}
-
-def expand_inputs(inputs, exts=_IMG_EXTS) -> list:
-    "Files named in `inputs`, with folders expanded (recursively) to the image files below them."
-    res = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        if p.is_dir():
-            fs = sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')
-                        and (f.suffix.lower() in exts or f.suffix == ''))
-            if not fs: raise MedvisionError("no image files in folder", p)
-            res += fs
-        else: res.append(p)
-    return res
+def input_files(inputs, roles=None) -> list:
+    "The files named in `inputs` (a path or a list), folders expanded by `medvision.io.list_files` (imported lazily)."
+    from medvision.io import list_files
+    return list_files(inputs, roles=roles)
 
 # %% ../nbs/70_cli.ipynb #0fd75162
 def cli_recipes(task:str=None, # Only recipes of this task (`segmentation` or `classification`)
@@ -172,7 +162,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
             from medvision.core import atomic_write
             atomic_write(csv, lambda t: vdf.to_csv(t, index=False)); print(f"written to {csv}")
         return vdf
-    files = expand_inputs(inputs)
+    files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
         df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
@@ -199,11 +189,11 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               depth:int=None, # Volume layouts (`ct-volume-nifti`, `ct-volume-dicom`): slices per volume
               flipped:bool=False): # Volume layouts: store the volumes upside-down (NIfTI 'LPI'; DICOM rotated, files reversed)
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
-    from medvision.synth import LAYOUTS, synth
-    if layout not in LAYOUTS:
-        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(LAYOUTS)}")
+    from medvision.synth import SYNTH_LAYOUTS, synth
+    if layout not in SYNTH_LAYOUTS:
+        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
     kw = {k: v for k,v in dict(depth=depth, flipped=flipped or None).items() if v is not None}
-    bad = [k for k in kw if k not in inspect.signature(LAYOUTS[layout]).parameters]
+    bad = [k for k in kw if k not in inspect.signature(SYNTH_LAYOUTS[layout]).parameters]
     if bad: raise MedvisionError(f"--{bad[0]} applies to the volume layouts (ct-volume-nifti, ct-volume-dicom), not '{layout}'")
     p = synth(layout, out, n=n, size=size, seed=seed, **kw)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
@@ -218,7 +208,7 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
                    csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
     "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
-    fs = expand_inputs([files] if isinstance(files, (str, Path)) else files, exts={'.dcm', '.dicom', '.ima'})
+    fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
     bad = df[df['error'].notna()] if 'error' in df else df.iloc[:0]

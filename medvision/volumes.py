@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import MedvisionError, atomic_write, orient_array
-from .io import read_volume, read_dicom_series, file_ext, is_dicom_file, DICOM_EXTS, SUPPORTED_EXTS
+from .io import read_volume, read_dicom_series, file_ext, file_role
 
 # %% auto #0
 __all__ = ['Volume', 'axcodes_affine', 'read_nifti_volume', 'read_dicom_volume', 'read_npy_volume', 'load_volume', 'find_volumes',
@@ -92,24 +92,20 @@ def load_volume(path, # A `.nii`/`.nii.gz` file, a DICOM series folder or a `.np
         return read_npy_volume(p, spacing or (1., 1., 1.))
     raise MedvisionError(f"not a volume (expected .nii, .nii.gz, .npy or a DICOM series folder), got '{e or 'no extension'}'", p)
 
-def _dicom_like(f):
-    e = file_ext(f)
-    return e in DICOM_EXTS or (e not in SUPPORTED_EXTS and is_dicom_file(f))
-
 def find_volumes(inputs): # Files or folders
     "Split `inputs` into volumes (NIfTI files; folders directly holding 2+ DICOM files: a series) and other image files."
     vols,rest = [],[]
     for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs):
         p = Path(i)
         if not p.exists(): raise MedvisionError("file not found", p)
-        if p.is_file(): (vols if file_ext(p) in ('.nii', '.nii.gz') else rest).append(p); continue
+        if p.is_file(): (vols if file_role(p) == 'volume' else rest).append(p); continue
         dirs = [p] + sorted(d for d in p.rglob('*') if d.is_dir() and not any(s.startswith('.') for s in d.relative_to(p).parts))
         for d in dirs:
-            fs = [f for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith('.')]
-            dcm = [f for f in fs if _dicom_like(f)]
-            if len(dcm) > 1: vols.append(d)
-            vols += [f for f in fs if file_ext(f) in ('.nii', '.nii.gz')]
-            rest += [f for f in fs if (f not in dcm or len(dcm) == 1) and file_ext(f) in SUPPORTED_EXTS and file_ext(f) not in ('.nii', '.nii.gz')]
+            fs = [(f, file_role(f)) for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith('.')]
+            series = sum(r == 'dicom' for _,r in fs) > 1
+            if series: vols.append(d)
+            vols += [f for f,r in fs if r == 'volume']
+            rest += [f for f,r in fs if r in ('image', 'array') or (r == 'dicom' and not series)]
     return vols, rest
 
 # %% ../nbs/05_volumes.ipynb #0cc79b0f

@@ -15,15 +15,15 @@ from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyF
 from ..core import MedvisionError, atomic_write_text
 from ..models import create_model
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
-from ..data.classification import (read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage,
-                                           IMG_EXTS, DCM_EXTS)
-from ..data.mri import read_mri, nifti_slices, vote_volumes, NIFTI_EXTS
+from ..data.classification import read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
+from ..io import file_role
+from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
-from .core import Recipe, register_recipe, _classes
+from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
-__all__ = ['EXTRA', 'LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
-           'evaluate_dl', 'predict_files', 'build_eval_dl']
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+           'build_metrics', 'evaluate_dl', 'predict_files', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
 EXTRA = {
@@ -41,8 +41,6 @@ EXTRA = {
 }
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
-LAYOUTS = ('unifesp', 'chestct', 'mri')
-
 def _x(recipe, k, default=None): return recipe.extra.get(k, default)
 
 def _opener(recipe)->str:
@@ -57,12 +55,20 @@ def read_items(recipe:Recipe, data)->pd.DataFrame:
     if isinstance(data, pd.DataFrame): return data
     kw = dict(valid_pct=_x(recipe, 'valid_pct', 0.2), seed=recipe.seed, check=_x(recipe, 'check', True),
               skip_bad=_x(recipe, 'skip_bad', False))
-    if recipe.layout == 'unifesp': return read_unifesp(data, **kw)
-    if recipe.layout == 'chestct': return read_chestct(data, class_map=_x(recipe, 'class_map'), **kw)
-    if recipe.layout == 'mri':
-        return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw,
-                        **({'min_fg': _x(recipe, 'min_fg')} if _x(recipe, 'min_fg') is not None else {}))
-    raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; use one of {LAYOUTS}")
+    if recipe.layout not in CLS_LAYOUTS:
+        raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; "
+                             f"use one of {list(CLS_LAYOUTS)}")
+    return CLS_LAYOUTS[recipe.layout](recipe, data, **kw)
+
+def _read_mri(recipe, data, **kw):
+    min_fg = _x(recipe, 'min_fg')
+    return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw, **({'min_fg': min_fg} if min_fg is not None else {}))
+
+CLS_LAYOUTS = {   # classification layout → its item-table reader (recipe, data, **common options)
+    'unifesp': lambda recipe, data, **kw: read_unifesp(data, **kw),
+    'chestct': lambda recipe, data, **kw: read_chestct(data, class_map=_x(recipe, 'class_map'), **kw),
+    'mri': _read_mri,
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #cd6ab652
 def build_dls(recipe:Recipe, data):
@@ -82,7 +88,7 @@ def data_info(recipe:Recipe, dls)->dict:
 
 def build_model(recipe:Recipe, dls):
     "`create_model(recipe.arch)` with `recipe.n_in` inputs and one output per class."
-    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
+    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(dls_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
 
 def build_loss(recipe:Recipe, dls):
     "Cross-entropy (optionally `label_smoothing` in `recipe.loss`), or BCE with logits for multi-label."
@@ -146,16 +152,16 @@ def _probs(learn, files, info):
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
-    logits = torch.cat(out) if out else torch.zeros(0, len(_classes(learn.dls)))
+    logits = torch.cat(out) if out else torch.zeros(0, len(dls_classes(learn.dls)))
     return (torch.sigmoid(logits) if info['multi_label'] else torch.softmax(logits, 1)).numpy()
 
 def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
     "One row per image or volume: `path`, `class`, `prob_<class>` (+ `n_slices` and votes for volumes, `error` if unreadable)."
     from medvision.io import check_files
-    classes,info = _classes(learn.dls),_info(learn, recipe)
+    classes,info = dls_classes(learn.dls),_info(learn, recipe)
     files = [Path(f) for f in files]
-    vols = [f for f in files if f.name.lower().endswith(NIFTI_EXTS)]
-    imgs = [f for f in files if f not in vols and (f.suffix.lower() in IMG_EXTS + DCM_EXTS or f.suffix == '')]
+    vols = [f for f in files if file_role(f) == 'volume']
+    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom') or f.suffix == '')]
     rows = []
     if imgs:
         with warnings.catch_warnings():
