@@ -147,11 +147,23 @@ def predict_volume_inputs(model, inputs:list, out=None, formats=None, tta=False,
     print(f"{len(vols)} volume(s) predicted: outputs and volumes.csv in {o}")
     return df, rest
 
+def _write_submission(df, model, path, threshold):
+    "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
+    from medvision.core import atomic_write
+    from medvision.recipes.classification import submission_table
+    _,meta = load_recipes().read_model_meta(model)
+    if meta['recipe']['task'] != 'classification': raise MedvisionError("--submission needs a classification model", model)
+    ml = bool((meta.get('data_info') or {}).get('multi_label'))
+    sub = submission_table(df, meta.get('classes') or [], threshold=threshold, multi_label=ml)
+    atomic_write(path, lambda t: sub.to_csv(t, index=False))
+
 def cli_predict(model:Annotated[Path, "Model folder written by `medvision train` (or, with --trust-pickle, a fastai export .pkl)", {'required':True}]=None,
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
                 trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
+                threshold:float=None, # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
                 format:str=None, # Volumes: outputs, comma-separated among nifti,dicom-seg,png (default: all three)
                 tta:bool=False, # Volumes: average with the left-right flipped slices
                 lcc:bool=False): # Volumes: keep only the two largest connected lung regions
@@ -174,10 +186,12 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
+    if submission is not None: _write_submission(df, model, submission, threshold)
     import pandas as pd
     with pd.option_context('display.max_rows', 50, 'display.width', 200):
         print(df.to_string(index=False) if len(df) <= 50 else df)
     if csv is not None: print(f"written to {csv}")
+    if submission is not None: print(f"submission written to {submission}")
     return df
 
 # %% ../nbs/70_cli.ipynb #cb52ab15
@@ -205,9 +219,12 @@ INFO_COLS = ['Modality', 'BodyPartExamined', 'PhotometricInterpretation', 'Rows'
              'BitsStored', 'PixelSpacing', 'RescaleSlope', 'RescaleIntercept', 'TransferSyntaxUID']
 
 def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 'opt':False}]=None,
-                   csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
+                   csv:Path=None, # Write every column de-identification keeps to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
-    "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
+    "Print a metadata table for DICOM `files`: one row per file, only attributes PS3.15 de-identification keeps."
+    if csv is not None and Path(csv).is_dir(): raise MedvisionError("is a folder: --csv needs a file name", csv)
+    if csv is not None and any(p.exists() and not p.is_dir() for p in Path(csv).parents):
+        raise MedvisionError("cannot write the CSV: a parent of this path is a file, not a folder", csv)
     fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
@@ -231,17 +248,33 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
 
 # %% ../nbs/70_cli.ipynb #1803af38
 def cli_anonymize(src:Path, # DICOM file or folder to anonymize
-                  dst:Path): # Output file or folder (the folder structure is kept)
-    "Write an anonymized copy of `src` to `dst` (DICOM PS3.15 basic profile; UIDs replaced consistently)."
+                  dst:Path, # Output file, or folder (`dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`)
+                  key:str=None, # Secret for keyed new UIDs/pseudonyms: the same key maps a study the same way in every call (default: $MEDVISION_DEID_KEY, else random per call)
+                  salt:str=None, # Same as --key (older name)
+                  retain_uids:bool=False, # PS3.15 Retain UIDs Option
+                  retain_full_dates:bool=False, # Retain Longitudinal Temporal Information, full dates
+                  retain_modified_dates:bool=False, # ... with dates shifted by a keyed number of days per patient
+                  retain_device_identity:bool=False, # Retain Device Identity Option
+                  retain_institution_identity:bool=False, # Retain Institution Identity Option
+                  retain_patient_characteristics:bool=False, # Retain Patient Characteristics Option (age, sex, size, weight...)
+                  clean_descriptors:bool=False, # Keep descriptions (series, study, protocol...) with identifying values cut out
+                  clean_structured_content:bool=False, # Keep SR/acquisition-context content, its text cleaned
+                  clean_graphics:bool=False, # Keep graphic annotations, their text cleaned (overlay bitmaps still removed)
+                  allow_burned_in:bool=False): # Also write images that may show patient details in the pixels (not marked identity-removed)
+    "De-identify DICOM `src` into `dst` per PS3.15 Table E.1-1 (basic profile + options); writes an audit log."
     src = check_exists(src, 'source')
     if Path(dst).resolve() == src.resolve(): raise MedvisionError("destination must differ from the source", dst)
-    from medvision.dicom import anonymize
+    from medvision.dicom import anonymize, DEID_OPTIONS
     if src.is_dir() and not any(f.is_file() for f in src.rglob('*')): raise MedvisionError("no files in folder", src)
-    dst = Path(dst)
-    if src.is_file() and dst.is_dir(): dst = dst/src.name
-    uids = anonymize(src, dst)
-    n = sum(1 for f in dst.rglob('*') if f.is_file()) if dst.is_dir() else int(dst.exists())
-    print(f"{n} file{'s' if n != 1 else ''} anonymized into {dst}")
+    flags = locals()
+    opts = [o for o in DEID_OPTIONS if flags.get(o)]
+    key = key or salt or os.environ.get('MEDVISION_DEID_KEY') or None
+    r = anonymize(src, dst, key=key, options=opts, allow_burned_in=allow_burned_in)
+    n = len(r.written)
+    print(f"{n} file{'s' if n != 1 else ''} anonymized into {dst}" + (f", {len(r.skipped)} skipped" if r.skipped else '')
+          + f"; audit log: {r.audit}")
+    if key is None: print("no --key: new UIDs are random for this run, so another run will not match them "
+                          "(pass --key or set MEDVISION_DEID_KEY to anonymize a study in several runs)")
     return n
 
 # %% ../nbs/70_cli.ipynb #2c9b2a7a

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 from .core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES, orient_array
+from .dicom import dicom_from_array
 from .phantoms import (synth_ct_slice, synth_ct_volume, synth_radiograph, synth_mri_slice, synth_mri_case,
                                 synth_chestct, show_synth, _ct_slice, _ct_volume)
 
@@ -70,19 +71,9 @@ def _nifti(path, a, spacing=(1., 1., 1.), affine=None):
     Path(path).write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
 
 def _dicom(path, arr, photometric, bits, **tags):
-    "Write `arr` as an uncompressed DICOM file at `path` with `tags` (file meta filled in)."
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = 'ISO_IR 100'
-    for k,v in tags.items(): setattr(ds, k, v)
-    ds.set_pixel_data(arr, photometric, bits, generate_instance_uid=False)
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    _mkdir(Path(path).parent)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    "Write `arr` as an uncompressed DICOM file at `path` with `tags` (`medvision.dicom.dicom_from_array`)."
+    dicom_from_array(arr, path, modality=tags.get('Modality', 'CT'), photometric=photometric, bits_stored=bits,
+                     SpecificCharacterSet='ISO_IR 100', **tags)
 
 def _split(n, k):
     "Split `n` items into `k` nearly equal consecutive parts (their lengths)."

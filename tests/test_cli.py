@@ -9,9 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ['recipes', 'demo', 'train', 'evaluate', 'predict', 'synth', 'dicom-info', 'anonymize']
 
 
-def mv(*args, cwd=None, timeout=600):
-    "Run `python -m medvision.cli *args`; returns the CompletedProcess (text stdout/stderr)."
-    env = {**os.environ, 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'),
+def mv(*args, cwd=None, timeout=600, env=None):
+    "Run `python -m medvision.cli *args` (extra environment `env`); returns the CompletedProcess (text stdout/stderr)."
+    env = {**os.environ, **(env or {}), 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'),
            'PYTHONWARNINGS': 'ignore::DeprecationWarning',
            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
     env.pop('MEDVISION_DEBUG', None)
@@ -156,8 +156,11 @@ def test_anonymize(dicoms, tmp_path):
     src = sorted(f for f in ct.rglob('*') if f.is_file())
     r = ok(mv('anonymize', ct, tmp_path/'anon'))
     assert f'{len(src)} files anonymized' in r.stdout
-    out = sorted(f for f in (tmp_path/'anon').rglob('*') if f.is_file())
-    assert len(out) == len(src)
+    inst = lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+    out = sorted((tmp_path/'anon').rglob('*.dcm'), key=inst)
+    src = sorted(src, key=inst)
+    assert len(out) == len(src) and (tmp_path/'anon'/'deid-audit.jsonl').exists()
+    assert not any(a.name in str(b) or 'ct-series' in str(b) for a, b in zip(src, out))   # names from the new UIDs only
     series = set()
     for a, b in zip(src, out):
         da, db = pydicom.dcmread(a), pydicom.dcmread(b)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from ..core import MedvisionError, SEG_CLASSES, LESION_CLASSES, atomic_write, atomic_save_npy
+from ..core import cache_dir as _private_cache, cache_key, cache_seal, cache_valid
 from ..io import PIL_EXTS, file_role
 
 # %% auto #0
@@ -197,10 +198,9 @@ MEDSEG_LABELS = {0:'other', 1:'ground_glass', 2:'consolidation', 3:'effusion'}
 def _nifti_cache(fn:Path, cache_dir, dtype):
     "Decompress NIfTI `fn` once into `(D,H,W)` `.npy` in `cache_dir`; returns `NpySlices` on it."
     import nibabel as nib
-    st = fn.stat()
-    key = hashlib.sha1(f"{fn.resolve()}|{st.st_size}|{st.st_mtime_ns}|{np.dtype(dtype).str}".encode()).hexdigest()[:16]
-    out = Path(cache_dir)/f"{fn.name.split('.')[0]}-{key}.npy"
-    if not out.exists():
+    entry = Path(cache_dir)/cache_key(fn, dtype=np.dtype(dtype).str)   # named by the key only, never the input
+    out = entry/'volume.npy'
+    if not cache_valid(entry):
         try: img = nib.load(str(fn)); data = np.asarray(img.dataobj)
         except Exception as e: raise MedvisionError(f"unreadable NIfTI ({type(e).__name__}: {e})", fn) from None
         if data.ndim == 4 and data.shape[-1] == 1: data = data[..., 0]
@@ -208,7 +208,9 @@ def _nifti_cache(fn:Path, cache_dir, dtype):
         if data.ndim != 3: raise MedvisionError(f"expected a 3-D volume, got shape {data.shape}", fn)
         arr = np.ascontiguousarray(np.moveaxis(data, -1, 0).astype(dtype))
         del data
+        entry.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_save_npy(arr, out)
+        cache_seal(entry, [out])
     return NpySlices(out)
 
 class MedsegNifti(SegSource):
@@ -216,11 +218,11 @@ class MedsegNifti(SegSource):
     layout = 'medseg-nifti'
     def __init__(self, path, # Folder with tr_im.nii.gz, tr_mask.nii.gz (and/or rp_im/, rp_msk/)
                  effusion:str='background', # Class for MedSeg label 3 (pleural effusion)
-                 cache_dir=None): # Where decompressed volumes go (default: temp folder)
+                 cache_dir=None): # Where decompressed volumes go (default: the private `medvision.core.cache_dir`)
         super().__init__(path)
         if effusion not in SEG_CLASSES: raise MedvisionError(f"effusion={effusion!r}: must be one of {SEG_CLASSES}")
         self.lut = np.array([SEG_CLASSES.index(c) for c in ['background','ground_glass','consolidation',effusion]], np.uint8)
-        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir())/'medvision-cache'); self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir) if cache_dir else _private_cache('medseg-volumes')
         p,self.vols = self.path,{}
         def find(stem, folder=p): return next((folder/f"{stem}{e}" for e in ('.nii.gz','.nii') if (folder/f"{stem}{e}").exists()), None)
         pairs = []
