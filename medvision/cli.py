@@ -16,8 +16,8 @@ from .script import UsageError, command_parser, recipe_overrides, run_command, t
 
 # %% auto #0
 __all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
-           'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
-           'cli_anonymize', 'cli_weights', 'main']
+           'cli_train', 'cli_evaluate', 'predict_exported', 'predict_volume_inputs', 'cli_predict', 'cli_synth',
+           'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -132,6 +132,23 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
             rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
     return pd.DataFrame(rows)
 
+def predict_volume_inputs(model, inputs:list, out=None, formats=None, tta=False, lcc=False):
+    "Volumes among `inputs` (NIfTI files, DICOM series folders) through a segmentation model folder: `(table|None, other inputs)`."
+    mp = Path(model)
+    if not (mp.is_dir() and (mp/'recipe.json').exists()): return None, inputs
+    mdir,meta = load_recipes().read_model_meta(mp)
+    if meta['recipe'].get('task') != 'segmentation': return None, inputs
+    from medvision.volumes import find_volumes
+    vols,rest = find_volumes(inputs)
+    if not vols: return None, inputs
+    from medvision.recipes.volumes import predict_volume_files, VOLUME_FORMATS
+    o = Path(out or 'predictions')
+    with hint(_model_desc(mdir)): df = predict_volume_files(mdir, vols, o, formats or VOLUME_FORMATS, tta=tta, lcc=lcc)
+    import pandas as pd
+    with pd.option_context('display.max_rows', 60, 'display.width', 200): print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"{len(vols)} volume(s) predicted: outputs and volumes.csv in {o}")
+    return df, rest
+
 def _write_submission(df, model, path, threshold):
     "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
     from medvision.core import atomic_write
@@ -148,8 +165,17 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
                 trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
                 submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
-                threshold:float=None): # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
-    "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
+                threshold:float=None, # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
+                format:str=None, # Volumes: outputs, comma-separated among nifti,dicom-seg,png (default: all three)
+                tta:bool=False, # Volumes: average with the left-right flipped slices
+                lcc:bool=False): # Volumes: keep only the two largest connected lung regions
+    "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation; volumes → NIfTI/DICOM-SEG/PNG + volumes.csv."
+    vdf,inputs = predict_volume_inputs(model, [inputs] if isinstance(inputs, (str, Path)) else inputs, out, format, tta, lcc)
+    if not inputs:
+        if csv is not None:
+            from medvision.core import atomic_write
+            atomic_write(csv, lambda t: vdf.to_csv(t, index=False)); print(f"written to {csv}")
+        return vdf
     files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
@@ -175,12 +201,17 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               out:Annotated[Path, "Folder to write the dataset to", {'required':True}]=None,
               n:int=None, # Number of images/slices/volumes (default: the layout's)
               size:int=None, # Image size in pixels (default: the layout's)
-              seed:int=0): # Random seed
+              seed:int=0, # Random seed
+              depth:int=None, # Volume layouts (`ct-volume-nifti`, `ct-volume-dicom`): slices per volume
+              flipped:bool=False): # Volume layouts: store the volumes upside-down (NIfTI 'LPI'; DICOM rotated, files reversed)
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
     from medvision.synth import SYNTH_LAYOUTS, synth
     if layout not in SYNTH_LAYOUTS:
         raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
-    p = synth(layout, out, n=n, size=size, seed=seed)
+    kw = {k: v for k,v in dict(depth=depth, flipped=flipped or None).items() if v is not None}
+    bad = [k for k in kw if k not in inspect.signature(SYNTH_LAYOUTS[layout]).parameters]
+    if bad: raise MedvisionError(f"--{bad[0]} applies to the volume layouts (ct-volume-nifti, ct-volume-dicom), not '{layout}'")
+    p = synth(layout, out, n=n, size=size, seed=seed, **kw)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
     print(f"{layout}: {nf} files written to {p}")
     return p

@@ -90,7 +90,7 @@ def test_recipes():
 
 LAYOUT_FILES = {'covid-npy': 'images_medseg.npy', 'covid-png': 'ct', 'medseg-nifti': 'tr_im.nii.gz', 'dicom-ct': None,
                 'unifesp-dicom': 'train.csv', 'unifesp-png': 'train_df.csv', 'chestct': 'train', 'mri-folders': None,
-                'mri-nifti': None}
+                'mri-nifti': None, 'ct-volume-nifti': 'vol_0.nii.gz', 'ct-volume-dicom': 'series_0'}
 
 @pytest.mark.parametrize('layout', list(LAYOUT_FILES))
 def test_synth(layout, tmp_path):
