@@ -223,7 +223,7 @@ MIOU_RULES = ('set', 'present')
 
 class PresentMeanIoU(Metric):
     "Seed 001's mIoU: per image the mean IoU over classes present in its truth, then the mean over images."
-    def __init__(self, classes=None, name:str='miou', n_classes:int=None):
+    def __init__(self, classes=None, name:str='miou_present', n_classes:int=None):
         self.classes,self._name,self.n_classes = (None if classes is None else list(classes)),name,n_classes
         self.reset()
     def reset(self): self.sums,self.counts = np.zeros(1),np.zeros(1)
