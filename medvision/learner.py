@@ -191,7 +191,7 @@ def make_learner(dls, # fastai `DataLoaders`
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         mcbs += [SaveBestCallback(monitor, comp, out/'model.pth', min_delta), CheckpointCallback(out/'checkpoint.pth')]
-    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=partial(AdamW, **opt_kw) if opt_kw else AdamW, lr=lr, wd=wd,
+    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=partial(AdamW, wd=wd, **(opt_kw or {})), lr=lr, wd=wd,
                              splitter=splitter or _default_splitter(model), metrics=metrics,
                              path=path if path is not None else out, cbs=mcbs + list(L(cbs)), out=out)
     if _want_amp(amp, dls): learn.add_cb(MixedPrecision(amp_mode='bf16' if amp == 'bf16' else 'fp16'))

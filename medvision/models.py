@@ -250,7 +250,7 @@ class _TVNet(nn.Module):
     def forward(self, x):
         y = self.m(x)
         return y.logits if hasattr(y, 'logits') else y
-    def splitter(self): return _tv_groups(self.m, self.last)
+    def splitter(self, m=None): return _tv_groups(self.m, self.last)
 
 def _tv_builder(arch, last, first, **kw):
     def build(n_in, n_out, pretrained, dropout):

@@ -208,7 +208,7 @@ def faithful_preset(name, size, item, n_channels=1, normalize=True):
         if normalize: batch.append(Normalize.from_stats(*imagenet_stats))
     elif name == 'seed002-faithful':
         item = [Resize(size, method=ResizeMethod.Squish, resamples=(_PILImage.NEAREST, _PILImage.NEAREST))]
-        batch = [AffineCoordTfm(aff_fs=keras_affine_mat, pad_mode=PadMode.Border), Flip(p=0.5),
+        batch = [AffineCoordTfm(aff_fs=partial(keras_affine_mat, shear_deg=0.2, zoom=(0.8, 1.2)), pad_mode=PadMode.Border), Flip(p=0.5),
                  GaussianNoise(0.1/255, clip=False)]
     elif name == 'seed003-faithful':
         import torchvision.transforms as T

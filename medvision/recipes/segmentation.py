@@ -20,9 +20,9 @@ from ..interpret.segmentation import predict_dl, seg_report, save_overlays
 from .core import Recipe, register_recipe
 
 # %% auto #0
-__all__ = ['COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'SEED004_UNETPP_B3', 'SEED001_UNETPP_B2', 'SEG_AUGS', 'build_dls',
-           'data_info', 'plain_inputs', 'build_model', 'class_counts', 'build_loss', 'build_metrics', 'evaluate_dl',
-           'predict_files']
+__all__ = ['COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'SEED004_UNETPP_B3', 'SEED001_UNETPP_B2', 'SEG_AUGS', 'seg_preset',
+           'seed004_weights', 'build_dls', 'data_info', 'plain_inputs', 'build_model', 'class_counts', 'build_loss',
+           'build_metrics', 'evaluate_dl', 'predict_files']
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a682c014
 COVID_UNETPP_B2 = register_recipe(Recipe(
@@ -91,7 +91,7 @@ def _context(recipe):
 
 SEG_AUGS = ('ct', 'none', 'seed001', 'seed004')
 
-def _augs(recipe):
+def seg_preset(recipe):
     "`(batch augs, item augs)` of the recipe's preset."
     a = recipe.augs or 'ct'
     if a == 'ct': return True, None
@@ -109,7 +109,7 @@ def _source(recipe, data):
         if not src.items: raise MedvisionError(f"recipe {recipe.name!r}: no slices from {keep} in this dataset", getattr(src, 'path', None))
     return src
 
-def _seed004_weights(src, items, w):
+def seed004_weights(src, items, w):
     "Seed 004's sampler weights: `w` for a slice with any pixel whose class index is > 0, else 1."
     return np.array([w if (src.read_mask(it) > 0).any() else 1. for it in items])
 
@@ -121,7 +121,7 @@ def build_dls(recipe, # A segmentation `Recipe`
     if recipe.sampler not in (None, 'lesion'): raise MedvisionError(f"recipe {recipe.name!r}: sampler={recipe.sampler!r}; segmentation knows None or 'lesion'")
     cuda = torch.cuda.is_available()
     nw = ex.get('num_workers', min(8, os.cpu_count() or 1) if cuda else 0)
-    augs,item_augs = _augs(recipe)
+    augs,item_augs = seg_preset(recipe)
     src = _source(recipe, data)
     kw = dict(layout=recipe.layout, size=recipe.size, bs=recipe.bs, split=recipe.split, valid_pct=ex.get('valid_pct', 0.2),
               seed=recipe.seed, augs=augs, item_augs=item_augs, context=_context(recipe), num_workers=nw,
@@ -131,7 +131,7 @@ def build_dls(recipe, # A segmentation `Recipe`
         kw['stats'] = (st.mean, st.std)
     if recipe.sampler == 'lesion' and ex.get('lesion_rule') == 'seed004':
         tr,_,_ = seg_split(src.items, recipe.split or src.default_split, valid_pct=kw['valid_pct'], seed=recipe.seed)
-        kw['weights'] = _seed004_weights(src, [src.items[i] for i in tr], kw['lesion_weight'])
+        kw['weights'] = seed004_weights(src, [src.items[i] for i in tr], kw['lesion_weight'])
     return seg_dataloaders(src, **{**kw, **kwargs})
 
 def data_info(recipe, dls):
