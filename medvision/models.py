@@ -245,10 +245,14 @@ def _tv_groups(m, last):
     return [[p for p in m.parameters() if id(p) not in hp | lid], lp, [p for h in heads for p in h.parameters()]]
 
 class _TVNet(nn.Module):
-    "A torchvision classifier returning the main logits (Inception's auxiliary logits are dropped)."
+    "A torchvision classifier returning the main logits (Inception's auxiliary classifier is kept but not run)."
     def __init__(self, m, last): super().__init__(); self.m,self.last = m,last
     def forward(self, x):
-        y = self.m(x)
+        aux = getattr(self.m, 'AuxLogits', None)
+        if aux is not None: self.m.AuxLogits = None   # its loss is not the seed's; skipping it also allows small inputs
+        try: y = self.m(x)
+        finally:
+            if aux is not None: self.m.AuxLogits = aux
         return y.logits if hasattr(y, 'logits') else y
     def splitter(self, m=None): return _tv_groups(self.m, self.last)
 
