@@ -187,9 +187,9 @@ def _measure_seed002(r, tmp):
     learn = seed_learner(r, 3)
     m = learn.model
     item,batch = aug_preset(r.augs, r.size, resize=r.extra.get('resize', 'crop'), n_channels=r.n_in)
-    aff = _partials(batch)['keras_affine_mat']
-    noise = [t for t in batch if hasattr(t, 'sigma')][0]
-    flip = [t for t in batch if type(t).__name__ == 'Flip'][0]
+    aff = _partials(batch).get('keras_affine_mat', {})
+    noise = ([t for t in batch if hasattr(t, 'sigma')] or [None])[0]
+    flip = ([t for t in batch if type(t).__name__ == 'Flip'] or [None])[0]
     convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
     og = opt_groups(learn)
     from PIL import Image
@@ -198,8 +198,8 @@ def _measure_seed002(r, tmp):
             'dense dropout': tuple(l.p for l in m.modules() if type(l) is nn.Dropout), 'input (size, channels)': (r.size, r.n_in),
             'resize interpolation': 'nearest' if item[0].resamples[0] == Image.NEAREST else 'other',
             'intensity scaling': 'rescale 1/255, no normalisation' if not any(type(t).__name__ == 'Normalize' for t in batch) else 'normalised',
-            'shear range (degrees)': aff['shear_deg'], 'zoom range': tuple(aff['zoom']), 'horizontal flip p': flip.p,
-            'Gaussian noise σ (0–255 scale, before rescale)': round(noise.sigma*255, 9) if not noise.clip else None,
+            'shear range (degrees)': aff.get('shear_deg'), 'zoom range': tuple(aff.get('zoom', ())), 'horizontal flip p': getattr(flip, 'p', None),
+            'Gaussian noise σ (0–255 scale, before rescale)': round(noise.sigma*255, 9) if noise is not None and not noise.clip else None,
             'optimiser (lr, betas, eps, weight decay)': (og['lr'], og['betas'], og['eps'], og['wd']), 'batch size': r.bs,
             'epochs': r.epochs, 'steps per epoch (train, validation)': tuple(r.extra.get('steps') or ()),
             'early stopping (monitor, patience)': (r.monitor, r.patience), 'learning-rate schedule': r.schedule}
@@ -211,7 +211,8 @@ def _measure_seed003(r, tmp):
         learn = seed_learner(r, 4)
         m = learn.model
         item,batch = aug_preset(r.augs, r.size, resize=r.extra.get('resize', 'crop'), n_channels=r.n_in)
-        tv = item[-1].tfm.transforms
+        tv = getattr(getattr(item[-1], 'tfm', None), 'transforms', None)
+        if tv is None: return {'network parameters': _n(m), 'augmentation': repr(item + batch)}
         out.update({'network parameters': _n(m), 'dense layers': tuple(l.out_features for l in m.modules() if isinstance(l, nn.Linear)),
                     'dropout (2d, dense)': tuple(l.p for l in m.modules() if isinstance(l, (nn.Dropout, nn.Dropout2d))),
                     'input (size, channels)': (r.size, r.n_in), 'resize': r.extra.get('resize'), 'horizontal flip p': tv[0].p,
