@@ -20,7 +20,7 @@ def test_predict_writes_unifesp_submission(tmp_path):
     assert all(len(t.split()) == 22 for t in s2.Target)                     # every id reaches threshold 0
 
 def test_submission_needs_a_classification_model(tmp_path, capsys):
-    data = synth('covid-npy', tmp_path/'c', n=6, size=32, n_radiopedia=0)
+    data = synth('covid-npy', tmp_path/'c', n=6, size=32, n_radiopedia=4)
     train('covid-tiny', data, tmp_path/'m', show_progress=False, epochs=1, size=32)
     rc = main(['predict', '--model', str(tmp_path/'m'), str(data/'test_images_medseg.npy'), '--out', str(tmp_path/'o'),
                '--submission', str(tmp_path/'s.csv')])
