@@ -14,7 +14,7 @@ from .data.segmentation import *
 from .data.classification import *
 from .data.mri import *
 from .phantoms import *
-from .synth import *   # after the data modules, so `LAYOUTS` is the synthetic-layout registry
+from .synth import *   # after the data modules, (each registry has its own name: SEG_LAYOUTS, SYNTH_LAYOUTS, CLS_LAYOUTS)
 from .models import *
 from .losses import *
 from .metrics import *
@@ -22,6 +22,7 @@ from .callbacks import *
 from .learner import *
 from .interpret.segmentation import *
 from .interpret.classification import *
+from .report import *
 from .recipes.core import *
 from .recipes import segmentation as seg_recipes, classification as cls_recipes
 from .demo import run_demo, DEMO_TASKS

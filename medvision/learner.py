@@ -20,7 +20,7 @@ from fastai.vision.learner import default_split
 from fastai.torch_core import trainable_params
 from fastcore.foundation import L
 from .core import MedvisionError, check_exists, default_device
-from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_state, _torch_load,
+from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_state, load_tensors,
                                  default_comp, HistoryCallback, SaveBestCallback, EarlyStopCallback,
                                  CheckpointCallback, CHECKPOINT_FORMAT)
 
@@ -46,6 +46,10 @@ class MedvisionLearner(Learner):
         self.out = Path(out) if out is not None else None
         self.mv_history,self.mv_lrs,self.mv_phase = [],{},None
         self._mv_pending,self._mv_start,self._mv_fitting,self._mv_ckpt_epoch = None,0,False,None
+
+    def suggest_lr(self) -> float:
+        "The learning rate `fit_schedule` uses when none is given: `find_lr` (a callback may replace this per learner)."
+        return find_lr(self)
 
     def _do_fit(self):
         for epoch in range(self._mv_start, self.n_epoch):
@@ -207,7 +211,7 @@ def _to_device(o, device):
 
 def load_checkpoint(path) -> dict:
     "Read a medvision checkpoint with `weights_only=True`, checking its format."
-    ck = _torch_load(path, 'checkpoint')
+    ck = load_tensors(path, 'checkpoint')
     fmt = ck.get('format') if isinstance(ck, dict) else None
     if isinstance(fmt, str) and fmt.startswith('medvision-checkpoint-') and fmt != CHECKPOINT_FORMAT:
         raise MedvisionError(f"was written by another medvision version ({fmt}; this one reads {CHECKPOINT_FORMAT}): "
@@ -326,7 +330,7 @@ def fit_schedule(learn:MedvisionLearner,
     "Train `learn` with the named `schedule`, continuing after `start_epoch` done epochs."
     if schedule not in SCHEDULES: raise MedvisionError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     lrs,sb = learn.mv_lrs,getattr(learn, 'save_best', None)
-    find_lr_ = partial(find_lr, suggest=lr_suggest)
+    find_lr_ = (lambda l: l.suggest_lr()) if lr_suggest == 'valley' else partial(find_lr, suggest=lr_suggest)
     if schedule in ('constant', 'seed003'): _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find_lr_)
     elif schedule in ('one_cycle', 'flat_cos'):
         if start_epoch < epochs:

@@ -7,6 +7,7 @@ Docs: https://medvision-dev.github.io/medvision/recipes.classification.html.md""
 # %% ../../nbs/52_recipes.classification.ipynb #fbd7cda0
 from __future__ import annotations
 import json, warnings
+from types import SimpleNamespace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -15,19 +16,32 @@ from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyF
 from ..core import MedvisionError, atomic_write_text
 from ..models import create_model
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
-from ..data.classification import (split_items, read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage,
-                                           IMG_EXTS, DCM_EXTS)
-from ..data.mri import read_mri, nifti_slices, vote_volumes, NIFTI_EXTS
+from ..data.classification import split_items, read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
+from ..io import file_role
+from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
-from .core import Recipe, register_recipe, _classes
+from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
-           'evaluate_dl', 'predict_files', 'build_eval_dl']
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+           'build_metrics', 'evaluate_dl', 'build_test_dl', 'predict_files', 'submission_table', 'build_eval_dl']
+
+# %% ../../nbs/52_recipes.classification.ipynb #21f17720
+EXTRA = {
+    'opener': (str, "`OpenImage` mode: 'xray' (percentile window, 3 channels), 'gray' or 'rgb'"),
+    'resize': (str, "'crop' (seed 000) or 'pad' (seed 003's pad-resize)"),
+    'multi_label': (bool, "One sigmoid per class (UNIFESP rows with several labels)"),
+    'threshold': (float, "Multi-label decision threshold (default 0.5)"),
+    'valid_pct': (float, "Validation share where the layout has no validation split (default 0.2)"),
+    'check': (bool, "Open every file up front (default True)"),
+    'skip_bad': (bool, "Skip unreadable files with a warning instead of stopping (default False)"),
+    'class_map': (dict, "Folder name → class for class-folder layouts"),
+    'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
+    'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
+    'num_workers': (int, "DataLoader worker processes (default 0)"),
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
-LAYOUTS = ('unifesp', 'chestct', 'mri')
-
 def _x(recipe, k, default=None): return recipe.extra.get(k, default)
 
 def _opener(recipe)->str:
@@ -42,17 +56,28 @@ def read_items(recipe:Recipe, data)->pd.DataFrame:
     if isinstance(data, pd.DataFrame): return data
     kw = dict(valid_pct=_x(recipe, 'valid_pct', 0.2), seed=recipe.seed, check=_x(recipe, 'check', True),
               skip_bad=_x(recipe, 'skip_bad', False))
-    if recipe.layout == 'unifesp':
-        df = read_unifesp(data, **kw)
-        if _x(recipe, 'split_by') != 'image' or (df['split'] == 'test').all(): return df
-        out = split_items(df.assign(group=df['path'].astype(str)), kw['valid_pct'], recipe.seed, stratify=False)
-        out.attrs.update(df.attrs, split_name=f"random {kw['valid_pct']:.0%} of the images (fastai RandomSplitter, studies may straddle)")
-        return out.assign(group=df['group'])
-    if recipe.layout == 'chestct': return read_chestct(data, class_map=_x(recipe, 'class_map'), **kw)
-    if recipe.layout == 'mri':
-        return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw,
-                        **({'min_fg': _x(recipe, 'min_fg')} if _x(recipe, 'min_fg') is not None else {}))
-    raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; use one of {LAYOUTS}")
+    if recipe.layout not in CLS_LAYOUTS:
+        raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; "
+                             f"use one of {list(CLS_LAYOUTS)}")
+    return CLS_LAYOUTS[recipe.layout](recipe, data, **kw)
+
+def _read_unifesp(recipe, data, **kw):
+    "UNIFESP items; `extra['split_by']='image'` re-splits at random by image (seed 000's fastai `RandomSplitter`)."
+    df = read_unifesp(data, **kw)
+    if _x(recipe, 'split_by') != 'image' or (df['split'] == 'test').all(): return df
+    out = split_items(df.assign(group=df['path'].astype(str)), kw['valid_pct'], recipe.seed, stratify=False)
+    out.attrs.update(df.attrs, split_name=f"random {kw['valid_pct']:.0%} of the images (fastai RandomSplitter, studies may straddle)")
+    return out.assign(group=df['group'])
+
+def _read_mri(recipe, data, **kw):
+    min_fg = _x(recipe, 'min_fg')
+    return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw, **({'min_fg': min_fg} if min_fg is not None else {}))
+
+CLS_LAYOUTS = {   # classification layout → its item-table reader (recipe, data, **common options)
+    'unifesp': _read_unifesp,
+    'chestct': lambda recipe, data, **kw: read_chestct(data, class_map=_x(recipe, 'class_map'), **kw),
+    'mri': _read_mri,
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #cd6ab652
 def build_dls(recipe:Recipe, data):
@@ -72,7 +97,7 @@ def data_info(recipe:Recipe, dls)->dict:
 
 def build_model(recipe:Recipe, dls):
     "`create_model(recipe.arch)` with `recipe.n_in` inputs and one output per class."
-    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
+    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(dls_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
 
 def build_loss(recipe:Recipe, dls):
     "Cross-entropy (optionally `label_smoothing` in `recipe.loss`), or BCE with logits for multi-label."
@@ -130,22 +155,28 @@ def _info(learn, recipe):
     info.setdefault('multi_label', _x(recipe, 'multi_label', False)); info.setdefault('min_fg', _x(recipe, 'min_fg', 0.05))
     return info
 
+def build_test_dl(recipe:Recipe, dls, files, bs:int=16):
+    "The inference DataLoader of `files` with the model's preprocessing (what `predict` and Grad-CAM use)."
+    info = _info(SimpleNamespace(dls=dls), recipe)
+    return inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=bs,
+                        device=getattr(dls, 'device', None))
+
 def _probs(learn, files, info):
-    dl = inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=16,
-                      device=getattr(learn.dls, 'device', None))
+    dl = build_test_dl(learn.mv_recipe, learn.dls, files) if hasattr(learn, 'mv_recipe') else inference_dl(
+        files, info['opener'], info['size'], info['augs'], info['resize'], bs=16, device=getattr(learn.dls, 'device', None))
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
-    logits = torch.cat(out) if out else torch.zeros(0, len(_classes(learn.dls)))
+    logits = torch.cat(out) if out else torch.zeros(0, len(dls_classes(learn.dls)))
     return (torch.sigmoid(logits) if info['multi_label'] else torch.softmax(logits, 1)).numpy()
 
 def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
     "One row per image or volume: `path`, `class`, `prob_<class>` (+ `n_slices` and votes for volumes, `error` if unreadable)."
     from medvision.io import check_files
-    classes,info = _classes(learn.dls),_info(learn, recipe)
+    classes,info = dls_classes(learn.dls),_info(learn, recipe)
     files = [Path(f) for f in files]
-    vols = [f for f in files if f.name.lower().endswith(NIFTI_EXTS)]
-    imgs = [f for f in files if f not in vols and (f.suffix.lower() in IMG_EXTS + DCM_EXTS or f.suffix == '')]
+    vols = [f for f in files if file_role(f) == 'volume']
+    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom') or f.suffix == '')]
     rows = []
     if imgs:
         with warnings.catch_warnings():
@@ -174,6 +205,38 @@ def _row(pr, classes, info, thr):
     if info.get('multi_label'): r['classes'] = ';'.join(c for c,p in zip(classes, pr) if p >= thr) or r['class']
     r.update({f"prob_{c}": float(p) for c,p in zip(classes, pr)})
     return r
+
+# %% ../../nbs/52_recipes.classification.ipynb #3cbc179d
+def _sop_uid(path) -> str:
+    "SOPInstanceUID from the DICOM header, else the file name without extension and '-c'."
+    p = Path(path)
+    if file_role(p) == 'dicom' or p.suffix == '':
+        try:
+            import pydicom
+            uid = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=['SOPInstanceUID']).get('SOPInstanceUID')
+            if uid: return str(uid)
+        except Exception: pass
+    stem = p.name[:-len(p.suffix)] if p.suffix else p.name
+    return stem[:-2] if stem.endswith('-c') else stem
+
+def submission_table(pred:pd.DataFrame, # `predict`'s table: `path`, `prob_<class>` columns in class order
+                     classes, # The model's classes (their index is the Target id)
+                     threshold:float=None, # Ids with probability >= threshold (multi-label); None: the top class
+                     multi_label:bool=False): # Sigmoid outputs: default threshold 0.5
+    "UNIFESP's `SOPInstanceUID,Target` table (space-separated class ids) from a prediction table."
+    if 'error' in pred.columns and pred['error'].notna().any():
+        bad = pred[pred['error'].notna()]
+        raise MedvisionError(f"{len(bad)} input file(s) could not be predicted, first: {bad['path'].iloc[0]} ({bad['error'].iloc[0]}); "
+                             "a submission needs every test image")
+    cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in cols if c not in pred.columns]
+    if missing: raise MedvisionError(f"the prediction table lacks {missing[:3]}: not a classification prediction")
+    if threshold is None and multi_label: threshold = 0.5
+    p = pred[cols].to_numpy(dtype=float)
+    def ids(row):
+        sel = [i for i,v in enumerate(row) if threshold is not None and v >= threshold]
+        return ' '.join(map(str, sel or [int(row.argmax())]))
+    return pd.DataFrame({'SOPInstanceUID': [_sop_uid(f) for f in pred['path']], 'Target': [ids(r) for r in p]})
 
 # %% ../../nbs/52_recipes.classification.ipynb #b31cfeff
 def build_eval_dl(recipe:Recipe, data, split:str='valid'):
