@@ -39,6 +39,7 @@ EXTRA = {
     'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
     'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
     'num_workers': (int, "DataLoader worker processes (default 0)"),
+    'split_by': (str, "UNIFESP: 'image' splits at random by image (seed 000's fastai RandomSplitter; default: by study)"),
 }
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d

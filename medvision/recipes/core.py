@@ -243,7 +243,12 @@ def data_info(task, recipe, dls) -> dict:
     return to_plain(info)
 
 # %% ../../nbs/50_recipes.core.ipynb #5e5e30d0
-COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)")}
+COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)"),
+                'opt': (dict, "AdamW settings besides lr/wd: `mom`, `sqr_mom`, `eps`, `wd_bn_bias` (e.g. torch's or Keras' Adam defaults)"),
+                'fit': (dict, "one_cycle settings: `div`, `div_final`, `pct_start`, `moms` (e.g. torch's OneCycleLR defaults)"),
+                'lr_suggest': (str, "Which `lr_find` suggestion `lr=None` uses: 'valley' (default), 'minimum', 'steep', 'slide'"),
+                'keep': (str, "'last': model.pth holds the final weights (default: the best epoch's)"),
+                'steps': ((list, tuple), "[n_train, n_valid] batches per epoch (Keras `steps_per_epoch`/`validation_steps`)")}
 
 def check_extra(recipe:Recipe, # The recipe whose `extra` to check
                 adapter) -> Recipe: # Its task adapter (`get_task(recipe.task)`)

@@ -31,7 +31,10 @@ EXTRA = {
     'n_overlays': (int, "Overlay PNGs written by `evaluate` (default 8)"),
     'num_workers': (int, "DataLoader worker processes (default: up to 8 on CUDA, 0 on the CPU)"),
     'source_kw': (dict, "Keyword arguments for the layout's source, e.g. `{'boundaries': [...]}`"),
-    'stats': ((list, tuple), "Normalisation (mean, std) in [0, 1] window units (default: measured on training slices)"),
+    'stats': ((list, tuple, str), "Normalisation (mean, std) in [0, 1] window units, or 'all' (every slice, seed 004; default: training slices)"),
+    'sources': (list, "Keep only slices of these sources, e.g. ['medseg'] (seed 004)"),
+    'lesion_rule': (str, "'seed004': the sampler flags a slice with any class index > 0 (seed 004's rule)"),
+    'miou_rule': (str, "'set' (default) or 'present' (seed 001: per image, classes in the truth)"),
 }
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a682c014
