@@ -1,18 +1,21 @@
-"""Robustness of the DICOM reader: run `read_dicom` over every file of the shared DICOM corpus (when present) and
-over all of pydicom's own test files. Every file must either decode or raise `MedvisionError`; any other exception
-is a bug. Writes bench/results/robustness.json (and prints it).
+"""Robustness of the DICOM reader and of de-identification: run `read_dicom`, then `anonymize` (PS3.15 Table E.1-1), over
+every file of the shared DICOM corpus (when present) and over all of pydicom's own test files. Every file must either
+decode / be anonymized or raise `MedvisionError`; any other exception is a bug. An anonymized copy must hold no private
+attribute and none of the input's values (6+ characters) of the table's attributes that the profile does not keep.
+Writes bench/results/robustness.json (and prints it).
 
     python bench/robustness.py
 """
-import json, re, sys, time, traceback, warnings
+import json, re, sys, tempfile, time, traceback, warnings
 from collections import Counter
 from pathlib import Path
 
 from pydicom.data.data_manager import DATA_ROOT
+from pydicom.uid import PYDICOM_ROOT_UID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from medvision.core import MedvisionError, atomic_write_text, shared_data
-from medvision.dicom import read_dicom
+from medvision.dicom import anonymize, open_dicom, profile_keeps, read_dicom
 
 
 def corpus_files():
@@ -30,6 +33,47 @@ def _cause(msg):
     head = msg.split(':')[0]
     while re.search(r'\([^()]*\)', head): head = re.sub(r'\s*\([^()]*\)', '', head)
     return head.strip()[:70]
+
+
+def _strings(el):
+    vals = el.value if isinstance(el.value, (list, tuple)) or type(el.value).__name__ == 'MultiValue' else [el.value]
+    return {str(v or '').strip() for v in vals} - {''}
+
+
+def _identifying(f):
+    "Values (6+ characters) of `f`'s elements that the profile does not keep, and that no kept element also holds."
+    gone, kept = set(), {PYDICOM_ROOT_UID.rstrip('.')}         # the new file meta names pydicom as implementation
+    for el in open_dicom(f, header_only=True).iterall():
+        if el.VR in ('SQ', 'OB', 'OW', 'UN'): continue
+        (kept if profile_keeps(el) else gone).update(_strings(el))
+    # not a part of a kept value (a private copy of the manufacturer...), not all zeros (the dummy time is 000000.00)
+    return {v for v in gone - kept if len(v) >= 6 and v.strip('0.:') and not any(v in k for k in kept)}
+
+
+def deid_cases(files, out):
+    "Anonymize every file on its own: counts of written / refused (MedvisionError, by cause) / other exceptions / leaks."
+    res = dict(files=0, anonymized=0, refused=0, burned_in_refused=0, other_exceptions=0, leaks=0)
+    reasons, others, leaks = Counter(), [], []
+    for i, (src, p) in enumerate(files):
+        res['files'] += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                r = anonymize(p, out/f'{i}.dcm', key='robustness')
+            res['anonymized'] += 1
+            o = open_dicom(r.written[0])
+            text = r.written[0].read_bytes().decode('latin-1') + r.audit.read_text()
+            bad = [v for v in _identifying(p) if v in text]
+            if bad or any(el.tag.is_private for el in o.iterall()) or o.PatientIdentityRemoved != 'YES':
+                res['leaks'] += 1; leaks.append(dict(file=f"{src}/{p.name}", values=len(bad)))
+        except MedvisionError as e:
+            res['refused'] += 1; res['burned_in_refused'] += 'BurnedInAnnotation' in e.msg
+            reasons[_cause(e.msg)] += 1
+        except Exception as e:
+            res['other_exceptions'] += 1
+            others.append(dict(file=str(p), exception=type(e).__name__, message=str(e)[:300],
+                               where=traceback.format_exc().strip().splitlines()[-3][:200]))
+    return {**res, 'refused_reasons': dict(reasons.most_common()), 'other_exception_files': others, 'leak_files': leaks}
 
 
 def main():
@@ -55,10 +99,14 @@ def main():
     res.update(seconds=round(time.perf_counter() - t0, 2), by_source=dict(by_source),
                clear_error_reasons=dict(reasons.most_common()), other_exception_files=others,
                shared_corpus=str(shared_data('dicom-corpus')))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp: deid = deid_cases(files, Path(tmp))
+    res['deid'] = {**deid, 'seconds': round(time.perf_counter() - t0, 2)}
+    res['other_exceptions'] += deid['other_exceptions']
     out = Path(__file__).parent / 'results' / 'robustness.json'
     atomic_write_text(json.dumps(res, indent=2) + '\n', out)
     print(json.dumps(res, indent=2))
-    return 1 if res['other_exceptions'] else 0
+    return 1 if res['other_exceptions'] or deid['leaks'] else 0
 
 
 if __name__ == '__main__':

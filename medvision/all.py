@@ -9,6 +9,7 @@ from .core import *
 from .dicom import *
 from .intensity import *
 from .io import *
+from .volumes import *
 from .data.seg_layouts import *
 from .data.segmentation import *
 from .data.classification import *
@@ -25,6 +26,7 @@ from .interpret.classification import *
 from .report import *
 from .recipes.core import *
 from .recipes import segmentation as seg_recipes, classification as cls_recipes
+from .recipes.volumes import *
 from .demo import run_demo, DEMO_TASKS
 from .cli import main as cli_main
 

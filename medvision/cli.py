@@ -16,8 +16,8 @@ from .script import UsageError, command_parser, recipe_overrides, run_command, t
 
 # %% auto #0
 __all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
-           'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
-           'cli_anonymize', 'main']
+           'cli_train', 'cli_evaluate', 'predict_exported', 'predict_volume_inputs', 'cli_predict', 'cli_synth',
+           'cli_dicom_info', 'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -130,6 +130,23 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
             rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
     return pd.DataFrame(rows)
 
+def predict_volume_inputs(model, inputs:list, out=None, formats=None, tta=False, lcc=False):
+    "Volumes among `inputs` (NIfTI files, DICOM series folders) through a segmentation model folder: `(table|None, other inputs)`."
+    mp = Path(model)
+    if not (mp.is_dir() and (mp/'recipe.json').exists()): return None, inputs
+    mdir,meta = load_recipes().read_model_meta(mp)
+    if meta['recipe'].get('task') != 'segmentation': return None, inputs
+    from medvision.volumes import find_volumes
+    vols,rest = find_volumes(inputs)
+    if not vols: return None, inputs
+    from medvision.recipes.volumes import predict_volume_files, VOLUME_FORMATS
+    o = Path(out or 'predictions')
+    with hint(_model_desc(mdir)): df = predict_volume_files(mdir, vols, o, formats or VOLUME_FORMATS, tta=tta, lcc=lcc)
+    import pandas as pd
+    with pd.option_context('display.max_rows', 60, 'display.width', 200): print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"{len(vols)} volume(s) predicted: outputs and volumes.csv in {o}")
+    return df, rest
+
 def _write_submission(df, model, path, threshold):
     "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
     from medvision.core import atomic_write
@@ -146,8 +163,17 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
                 trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
                 submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
-                threshold:float=None): # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
-    "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
+                threshold:float=None, # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
+                format:str=None, # Volumes: outputs, comma-separated among nifti,dicom-seg,png (default: all three)
+                tta:bool=False, # Volumes: average with the left-right flipped slices
+                lcc:bool=False): # Volumes: keep only the two largest connected lung regions
+    "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation; volumes → NIfTI/DICOM-SEG/PNG + volumes.csv."
+    vdf,inputs = predict_volume_inputs(model, [inputs] if isinstance(inputs, (str, Path)) else inputs, out, format, tta, lcc)
+    if not inputs:
+        if csv is not None:
+            from medvision.core import atomic_write
+            atomic_write(csv, lambda t: vdf.to_csv(t, index=False)); print(f"written to {csv}")
+        return vdf
     files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
@@ -173,12 +199,17 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               out:Annotated[Path, "Folder to write the dataset to", {'required':True}]=None,
               n:int=None, # Number of images/slices/volumes (default: the layout's)
               size:int=None, # Image size in pixels (default: the layout's)
-              seed:int=0): # Random seed
+              seed:int=0, # Random seed
+              depth:int=None, # Volume layouts (`ct-volume-nifti`, `ct-volume-dicom`): slices per volume
+              flipped:bool=False): # Volume layouts: store the volumes upside-down (NIfTI 'LPI'; DICOM rotated, files reversed)
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
     from medvision.synth import SYNTH_LAYOUTS, synth
     if layout not in SYNTH_LAYOUTS:
         raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
-    p = synth(layout, out, n=n, size=size, seed=seed)
+    kw = {k: v for k,v in dict(depth=depth, flipped=flipped or None).items() if v is not None}
+    bad = [k for k in kw if k not in inspect.signature(SYNTH_LAYOUTS[layout]).parameters]
+    if bad: raise MedvisionError(f"--{bad[0]} applies to the volume layouts (ct-volume-nifti, ct-volume-dicom), not '{layout}'")
+    p = synth(layout, out, n=n, size=size, seed=seed, **kw)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
     print(f"{layout}: {nf} files written to {p}")
     return p
@@ -188,9 +219,12 @@ INFO_COLS = ['Modality', 'BodyPartExamined', 'PhotometricInterpretation', 'Rows'
              'BitsStored', 'PixelSpacing', 'RescaleSlope', 'RescaleIntercept', 'TransferSyntaxUID']
 
 def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 'opt':False}]=None,
-                   csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
+                   csv:Path=None, # Write every column de-identification keeps to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
-    "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
+    "Print a metadata table for DICOM `files`: one row per file, only attributes PS3.15 de-identification keeps."
+    if csv is not None and Path(csv).is_dir(): raise MedvisionError("is a folder: --csv needs a file name", csv)
+    if csv is not None and any(p.exists() and not p.is_dir() for p in Path(csv).parents):
+        raise MedvisionError("cannot write the CSV: a parent of this path is a file, not a folder", csv)
     fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
@@ -214,17 +248,33 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
 
 # %% ../nbs/70_cli.ipynb #1803af38
 def cli_anonymize(src:Path, # DICOM file or folder to anonymize
-                  dst:Path): # Output file or folder (the folder structure is kept)
-    "Write an anonymized copy of `src` to `dst` (DICOM PS3.15 basic profile; UIDs replaced consistently)."
+                  dst:Path, # Output file, or folder (`dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`)
+                  key:str=None, # Secret for keyed new UIDs/pseudonyms: the same key maps a study the same way in every call (default: $MEDVISION_DEID_KEY, else random per call)
+                  salt:str=None, # Same as --key (older name)
+                  retain_uids:bool=False, # PS3.15 Retain UIDs Option
+                  retain_full_dates:bool=False, # Retain Longitudinal Temporal Information, full dates
+                  retain_modified_dates:bool=False, # ... with dates shifted by a keyed number of days per patient
+                  retain_device_identity:bool=False, # Retain Device Identity Option
+                  retain_institution_identity:bool=False, # Retain Institution Identity Option
+                  retain_patient_characteristics:bool=False, # Retain Patient Characteristics Option (age, sex, size, weight...)
+                  clean_descriptors:bool=False, # Keep descriptions (series, study, protocol...) with identifying values cut out
+                  clean_structured_content:bool=False, # Keep SR/acquisition-context content, its text cleaned
+                  clean_graphics:bool=False, # Keep graphic annotations, their text cleaned (overlay bitmaps still removed)
+                  allow_burned_in:bool=False): # Also write images that may show patient details in the pixels (not marked identity-removed)
+    "De-identify DICOM `src` into `dst` per PS3.15 Table E.1-1 (basic profile + options); writes an audit log."
     src = check_exists(src, 'source')
     if Path(dst).resolve() == src.resolve(): raise MedvisionError("destination must differ from the source", dst)
-    from medvision.dicom import anonymize
+    from medvision.dicom import anonymize, DEID_OPTIONS
     if src.is_dir() and not any(f.is_file() for f in src.rglob('*')): raise MedvisionError("no files in folder", src)
-    dst = Path(dst)
-    if src.is_file() and dst.is_dir(): dst = dst/src.name
-    uids = anonymize(src, dst)
-    n = sum(1 for f in dst.rglob('*') if f.is_file()) if dst.is_dir() else int(dst.exists())
-    print(f"{n} file{'s' if n != 1 else ''} anonymized into {dst}")
+    flags = locals()
+    opts = [o for o in DEID_OPTIONS if flags.get(o)]
+    key = key or salt or os.environ.get('MEDVISION_DEID_KEY') or None
+    r = anonymize(src, dst, key=key, options=opts, allow_burned_in=allow_burned_in)
+    n = len(r.written)
+    print(f"{n} file{'s' if n != 1 else ''} anonymized into {dst}" + (f", {len(r.skipped)} skipped" if r.skipped else '')
+          + f"; audit log: {r.audit}")
+    if key is None: print("no --key: new UIDs are random for this run, so another run will not match them "
+                          "(pass --key or set MEDVISION_DEID_KEY to anonymize a study in several runs)")
     return n
 
 # %% ../nbs/70_cli.ipynb #2c9b2a7a

@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['SEG_CLASSES', 'SEG_FG', 'LESION_CLASSES', 'BODY_PARTS', 'CHESTCT_CLASSES', 'MRI_CLASSES', 'MedvisionError',
            'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'cache_dir',
-           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device']
+           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device', 'orient_array']
 
 # %% ../nbs/00_core.ipynb #6b41c347
 class MedvisionError(ValueError):
@@ -148,3 +148,12 @@ def default_device():
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #40f405c1
+def orient_array(a, # Array `(I,J,K[,...])` whose voxel → RAS mm map is `affine`
+                 affine, # 4×4 RAS affine of `a`
+                 codes:str): # Target axis codes, e.g. 'LAS', 'PLS' (nibabel's `aff2axcodes` letters)
+    "`(a, affine)` re-stored with axes flipped/permuted to orientation `codes` (a view: the same voxels in the same places)."
+    import nibabel.orientations as no
+    t = no.ornt_transform(no.io_orientation(affine), no.axcodes2ornt(tuple(codes)))
+    return no.apply_orientation(a, t), affine @ no.inv_ornt_aff(t, a.shape[:3])

@@ -6,7 +6,7 @@ Docs: https://medvision-dev.github.io/medvision/dicom.html.md"""
 
 # %% ../nbs/01_dicom.ipynb #8df271f8
 from __future__ import annotations
-import functools, os, secrets, uuid, warnings
+import datetime, difflib, functools, hashlib, hmac, importlib.resources, json, os, re, secrets, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 import pydicom
@@ -16,15 +16,16 @@ from pydicom.pixels import get_decoder, apply_modality_lut, apply_voi_lut, apply
 from pydicom.pixels.utils import get_expected_length
 from fastcore.basics import patch
 from fastcore.parallel import parallel
-from .core import MedvisionError, atomic_write
+from .core import MedvisionError, atomic_write, atomic_write_text
 import importlib.util
 if all(importlib.util.find_spec(m) for m in ('kornia', 'skimage')):  # fastai.medical.imaging needs both
     from fastai.medical.imaging import DcmDataset  # fastai's DICOM helpers: `.pixels`, `.scaled_px`, `.windowed`...
 else: from pydicom.dataset import Dataset as DcmDataset  # the very same class, without importing fastai.vision
 
 # %% auto #0
-__all__ = ['META_KEYS', 'PHI_TAGS', 'open_dicom', 'check_pixels', 'dicom_meta', 'read_dicom', 'dicom_from_array',
-           'read_dicom_lut', 'dicom_meta_df', 'anonymize_dataset', 'anonymize']
+__all__ = ['META_KEYS', 'PS315_EDITION', 'DEID_OPTIONS', 'PHI_TAGS', 'DEID_EXTRA', 'open_dicom', 'check_pixels', 'dicom_meta',
+           'read_dicom', 'dicom_from_array', 'read_dicom_lut', 'dicom_meta_df', 'deid_table', 'deid_action',
+           'profile_keeps', 'keyed_uid', 'burned_in_risk', 'anonymize_dataset', 'AnonymizeResult', 'anonymize']
 
 # %% ../nbs/01_dicom.ipynb #ec993697
 def _err(fn, msg): return MedvisionError(msg, fn if fn is not None else '<dataset>')
@@ -304,12 +305,14 @@ def dicom_from_array(arr:np.ndarray, # Stored values (uint8/16, int16): (H,W), (
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.SOPClassUID = pydicom.uid.CTImageStorage if modality == 'CT' else pydicom.uid.SecondaryCaptureImageStorage
     ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.Modality = modality
     ds.set_pixel_data(arr, photometric or ('RGB' if rgb else 'MONOCHROME2'), bits_stored or arr.dtype.itemsize*8, generate_instance_uid=False)
     if slope is not None or intercept is not None: ds.RescaleSlope, ds.RescaleIntercept = slope or 1, intercept or 0
     for k,v in tags.items(): setattr(ds, k, v)
-    if fn is not None: ds.save_as(fn, enforce_file_format=True)
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    if fn is not None:
+        Path(fn).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(fn, enforce_file_format=True)
     return ds
 
 # %% ../nbs/01_dicom.ipynb #311a7f65
@@ -370,13 +373,14 @@ def read_dicom_lut(fn, # Path to a DICOM file
     return a, mn, values, {**_guard(dicom_meta)(ds), **info, 'shape': a.shape}
 
 # %% ../nbs/01_dicom.ipynb #5f257df9
-def _header_row(fn):
+def _header_row(fn, phi=True):
     try:
         ds = open_dicom(fn, header_only=True)
         row = {'fname': str(fn)}
         bad = []
         for el in ds:
             if el.VR in ('SQ', 'OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN') or not el.keyword or el.tag.is_private: continue
+            if not phi and not profile_keeps(el): continue
             try: row[el.keyword] = _py(el.value)
             except Exception: row[el.keyword] = None; bad.append(el.keyword)
         ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
@@ -393,146 +397,355 @@ def dicom_meta_df(files, # DICOM file paths
     "One row of header metadata per file in `files`; unreadable files get an `error` instead of raising."
     files = list(files)
     n = min(8, os.cpu_count() or 1) if n_workers is None else n_workers
-    rows = list(parallel(_header_row, files, n_workers=n, threadpool=True, progress=False)) if n > 0 and len(files) > 1 else [_header_row(f) for f in files]
+    row = functools.partial(_header_row, phi=phi)
+    rows = list(parallel(row, files, n_workers=n, threadpool=True, progress=False)) if n > 0 and len(files) > 1 else [row(f) for f in files]
     df = pd.DataFrame(rows)
-    if not phi: df = df.drop(columns=[c for c in df.columns if PHI_TAGS.get(c, 'U') != 'U'])
     cols = ['fname'] + [c for c in df.columns if c not in ('fname', 'error')] + ['error']
     return df.reindex(columns=cols)
 
-# %% ../nbs/01_dicom.ipynb #54b8a4b6
-_A = {'X': """AcquisitionComments AcquisitionContextSequence AcquisitionDateTime AcquisitionDeviceProcessingDescription
- AcquisitionProtocolDescription ActualHumanPerformersSequence AdditionalPatientHistory AdmissionID AdmittingDate
- AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription AdmittingTime Allergies Arbitrary AuthorObserverSequence
- BranchOfService CassetteID CommentsOnThePerformedProcedureStep ConfidentialityConstraintOnPatientDataDescription
- ContentCreatorIdentificationCodeSequence ContributionDescription CountryOfResidence CurrentPatientLocation
- CustodialOrganizationSequence DataSetTrailingPadding DerivationDescription DetectorID DeviceDescription
- DigitalSignaturesSequence DischargeDiagnosisDescription DistributionAddress DistributionName EndAcquisitionDateTime
- EthnicGroup FrameComments GantryID GeneratorID HumanPerformerName HumanPerformerOrganization IconImageSequence
- IdentifyingComments ImageComments ImagePresentationComments ImagingServiceRequestComments Impressions
- InstanceCoercionDateTime InstanceCreationDate InstitutionAddress InstitutionalDepartmentName InsurancePlanIdentification
- IntendedRecipientsOfResultsIdentificationSequence InterpretationApproverSequence InterpretationAuthor
- InterpretationDiagnosisDescription InterpretationIDIssuer InterpretationRecorder InterpretationText
- InterpretationTranscriber IssuerOfAdmissionID IssuerOfPatientID IssuerOfServiceEpisodeID LastMenstrualDate MAC
- MedicalAlerts MedicalRecordLocator MilitaryRank ModifiedAttributesSequence ModifyingDeviceID ModifyingDeviceManufacturer
- NameOfPhysiciansReadingStudy NamesOfIntendedRecipientsOfResults Occupation OperatorIdentificationSequence
- OrderCallbackPhoneNumber OrderEnteredBy OrderEntererLocation OriginalAttributesSequence OtherPatientIDs
- OtherPatientIDsSequence OtherPatientNames ParticipantSequence PatientAddress PatientAge PatientBirthName PatientBirthTime
- PatientComments PatientInsurancePlanCodeSequence PatientMotherBirthName PatientPrimaryLanguageCodeSequence
- PatientPrimaryLanguageModifierCodeSequence PatientReligiousPreference PatientSize PatientState PatientTelephoneNumbers
- PatientTelecomInformation PatientTransportArrangements PatientWeight PerformedLocation PerformedProcedureStepDescription
- PerformedProcedureStepEndDate PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime PerformedProcedureStepID
- PerformedProcedureStepStartDate PerformedProcedureStepStartDateTime PerformedProcedureStepStartTime
- PerformedStationAETitle PerformedStationGeographicLocationCodeSequence PerformedStationName
- PerformedStationNameCodeSequence PerformingPhysicianIdentificationSequence PerformingPhysicianName PersonAddress
- PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansReadingStudyIdentificationSequence PhysiciansOfRecord
- PhysiciansOfRecordIdentificationSequence PlateID PreMedication PregnancyStatus ReasonForStudy
- ReferencedDigitalSignatureSequence ReferencedPatientAliasSequence ReferencedPatientSequence
- ReferencedSOPInstanceMACSequence ReferringPhysicianAddress ReferringPhysicianIdentificationSequence
- ReferringPhysicianTelephoneNumbers RegionOfResidence RequestAttributesSequence RequestedContrastAgent
- RequestedProcedureComments RequestedProcedureID RequestedProcedureLocation RequestingPhysician RequestingService
- ResponsibleOrganization ResponsiblePerson ResultsComments ResultsDistributionListSequence ResultsIDIssuer
- ScheduledHumanPerformersSequence ScheduledPatientInstitutionResidence ScheduledPerformingPhysicianIdentificationSequence
- ScheduledPerformingPhysicianName ScheduledProcedureStepDescription ScheduledProcedureStepEndDate
- ScheduledProcedureStepEndTime ScheduledProcedureStepLocation ScheduledProcedureStepStartDate
- ScheduledProcedureStepStartTime ScheduledStationAETitle ScheduledStationGeographicLocationCodeSequence
- ScheduledStationName ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle SeriesDate
- SeriesDescription SeriesTime ServiceEpisodeDescription ServiceEpisodeID SmokingStatus SpecialNeeds StudyComments
- StudyDescription StudyIDIssuer TextComments TextString TimezoneOffsetFromUTC TopicAuthor TopicKeywords TopicSubject
- TopicTitle VerifyingOrganization VisitComments ClinicalTrialTimePointDescription ClinicalTrialCoordinatingCenterName
- ClinicalTrialSeriesID ClinicalTrialSeriesDescription DateOfLastCalibration TimeOfLastCalibration ProtocolName""",
- 'Z': """AccessionNumber AcquisitionDate AcquisitionTime ContentCreatorName ContentDate ContentTime ContrastBolusAgent
- DeviceSerialNumber FillerOrderNumberImagingServiceRequest InstanceCreationTime InstitutionCodeSequence InstitutionName
- OperatorsName PatientBirthDate PatientName PatientSex PatientSexNeutered PlacerOrderNumberImagingServiceRequest
- ReferencedStudySequence ReferencedPerformedProcedureStepSequence ReferringPhysicianName RequestedProcedureDescription
- ReviewerName StationName StudyDate StudyID StudyTime VerifyingObserverIdentificationCodeSequence GraphicAnnotationSequence
- VerifyingObserverSequence PersonIdentificationCodeSequence ClinicalTrialProtocolName ClinicalTrialSiteID
- ClinicalTrialSiteName ClinicalTrialTimePointID ClinicalTrialProtocolEthicsCommitteeApprovalNumber""",
- 'D': """PatientID PersonName VerifyingObserverName ClinicalTrialSponsorName ClinicalTrialProtocolID ClinicalTrialSubjectID
- ClinicalTrialSubjectReadingID ClinicalTrialProtocolEthicsCommitteeName""",
- 'U': """AffectedSOPInstanceUID ConcatenationUID ContextGroupExtensionCreatorUID CreatorVersionUID DeviceUID
- DimensionOrganizationUID DoseReferenceUID FailedSOPInstanceUIDList FiducialUID FrameOfReferenceUID InstanceCreatorUID
- IrradiationEventUID LargePaletteColorLookupTableUID MediaStorageSOPInstanceUID ObservationUID ReferencedFrameOfReferenceUID
- ReferencedGeneralPurposeScheduledProcedureStepTransactionUID ReferencedSOPInstanceUID ReferencedSOPInstanceUIDInFile
- RelatedFrameOfReferenceUID RequestedSOPInstanceUID SeriesInstanceUID SOPInstanceUID StorageMediaFileSetUID
- StudyInstanceUID SynchronizationFrameOfReferenceUID TemplateExtensionCreatorUID TemplateExtensionOrganizationUID
- TransactionUID UID ReferencedImageSequence SourceImageSequence"""}
-PHI_TAGS = {k: a for a, ks in _A.items() for k in ks.split()}
+# %% ../nbs/01_dicom.ipynb #67e2080a
+PS315_EDITION = '2026d'
+DEID_OPTIONS = {  # option flag -> (CID 7050 code, meaning), in Table E.1-1's column order
+    'retain_safe_private': ('113111', 'Retain Safe Private Option'),
+    'retain_uids': ('113110', 'Retain UIDs Option'),
+    'retain_device_identity': ('113109', 'Retain Device Identity Option'),
+    'retain_institution_identity': ('113112', 'Retain Institution Identity Option'),
+    'retain_patient_characteristics': ('113108', 'Retain Patient Characteristics Option'),
+    'retain_full_dates': ('113106', 'Retain Longitudinal Temporal Information Full Dates Option'),
+    'retain_modified_dates': ('113107', 'Retain Longitudinal Temporal Information Modified Dates Option'),
+    'clean_descriptors': ('113105', 'Clean Descriptors Option'),
+    'clean_structured_content': ('113104', 'Clean Structured Content Option'),
+    'clean_graphics': ('113103', 'Clean Graphics Option')}
 
-# %% ../nbs/01_dicom.ipynb #6d6d03fc
-_DUMMY = {'PN': 'ANONYMOUS', 'DA': '19000101', 'TM': '000000', 'DT': '19000101000000', 'AS': '000Y'}
-_NUM = ('US', 'SS', 'UL', 'SL', 'FL', 'FD', 'DS', 'IS', 'UV', 'SV', 'AT')
+@functools.cache
+def deid_table() -> pd.DataFrame:
+    "PS3.15 Table E.1-1 as shipped with medvision: tag, keyword, name, basic profile and one column per option."
+    src = importlib.resources.files('medvision').joinpath('ps3_15_e1_1.tsv')
+    with src.open(encoding='utf-8') as f: return pd.read_csv(f, sep='\t', comment='#', dtype=str, keep_default_na=False)
 
-def _hash_uid(salt, s):
-    "A deterministic `2.25.` UID: the integer of a name-based (SHA-1, v5) UUID of `salt` and `s`."
-    return '2.25.' + str(uuid.uuid5(uuid.NAMESPACE_OID, f"{salt}|{s}").int)
+@functools.cache
+def _rows():
+    "Table rows by tag (int), and the wildcard rows by name."
+    rows = deid_table().to_dict('records')
+    fixed = {int(r['tag'][1:5] + r['tag'][6:10], 16): r for r in rows if not any(c in r['tag'] for c in 'xg')}
+    return fixed, {r['name']: r for r in rows if any(c in r['tag'] for c in 'xg')}
 
-def _new_uid(uid, m, salt):
-    uid = str(uid).strip().rstrip('\x00')
-    if not uid or uid.startswith('1.2.840.10008.'): return uid
-    if uid not in m: m[uid] = _hash_uid(salt, uid)
-    return m[uid]
+PHI_TAGS = {r['keyword']: r['basic_profile'] for r in deid_table().to_dict('records') if r['keyword']}
 
-def _clean(ds, m, salt, keep):
+# %% ../nbs/01_dicom.ipynb #50c1e667
+def _table_row(tag):
+    "The Table E.1-1 row covering `tag` (with the wildcards: private attributes, curves 50xx, overlays 60xx), or None."
+    fixed, wild = _rows()
+    t = pydicom.tag.Tag(tag)
+    if t in fixed: return fixed[t]
+    if t.is_private: return wild['Private Attributes']
+    if 0x5000 <= t.group <= 0x501E and t.group % 2 == 0: return wild['Curve Data']
+    if 0x6000 <= t.group <= 0x601E and t.group % 2 == 0:
+        return wild['Overlay Comments'] if t.element == 0x4000 else wild['Overlay Data']  # whole overlay goes with its data
+    return None
+
+_COMPOUND = {'X/Z': 'Z', 'X/D': 'D', 'Z/D': 'D', 'X/Z/D': 'D', 'X/Z/U*': 'U'}
+
+def deid_action(row:dict, # A row of `deid_table()`
+                options=()): # Option flags (keys of `DEID_OPTIONS`)
+    "The action Table E.1-1 gives `row` under `options` (an option overrides the profile; K against C gives C), compound ones resolved."
+    acts = {row[o] for o in options if row.get(o)}
+    a = ('K' if acts == {'K'} else 'C') if acts else row['basic_profile']
+    return _COMPOUND.get(a, a)
+
+# %% ../nbs/01_dicom.ipynb #fdee022a
+DEID_EXTRA = {  # tag -> action: attributes medvision protects although Table E.1-1 does not list them
+    0x00080051: 'X', # Issuer of Accession Number Sequence (names the hospital)
+    0x00100024: 'X', # Issuer of Patient ID Qualifiers Sequence
+    0x00100026: 'X', # Source Patient Group Identification Sequence
+    0x00100027: 'X', # Group of Patients Identification Sequence
+    0x00100033: 'X', # Patient's Birth Date in Alternative Calendar
+    0x00100034: 'X', # Patient's Death Date in Alternative Calendar
+    0x00400031: 'X', # Local Namespace Entity ID (issuer of an identifier)
+    0x00400032: 'X', # Universal Entity ID
+    0x00041130: 'X', # File-set ID (DICOMDIR)
+    0x00041141: 'X', # File-set Descriptor File ID
+    0x00041500: 'X'} # Referenced File ID: the input's file names (often the patient ID), meaningless after renaming
+_WELL_KNOWN_UI = ('TransferSyntaxUID', 'CodingSchemeUID', 'ImplementationClassUID')
+_TEXT_VRS = ('AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UT')
+
+def _instance_uid(el):
+    "Whether `el` holds instance UIDs (not class / transfer-syntax / DICOM-defined ones), which link back to the source."
+    if el.VR != 'UI' or el.keyword.endswith('ClassUID') or el.keyword in _WELL_KNOWN_UI: return False
+    vals = el.value if isinstance(el.value, (list, pydicom.multival.MultiValue)) else [el.value]
+    return any(v and not str(v).startswith('1.2.840.10008.') for v in vals)
+
+def _deid_rule(el, options=(), keep=(), scrub=False):
+    "`(action, why)` for element `el`: the table (and options), then medvision's extras and value-representation rules."
+    if el.keyword and el.keyword in keep: return 'K', 'keep'
+    row = _table_row(el.tag)
+    if row is not None:
+        a = deid_action(row, options)
+        if a == 'C' and row['name'] in ('Overlay Data', 'Curve Data'): a = 'X'   # bitmaps cannot be checked: removed
+        return a, ('option' if a != _COMPOUND.get(row['basic_profile'], row['basic_profile']) else 'table')
+    if el.tag in DEID_EXTRA: return DEID_EXTRA[el.tag], 'medvision'
+    if el.VR == 'PN': return 'Z', 'vr'
+    if el.VR in ('DA', 'DT', 'TM'):
+        return ('K' if 'retain_full_dates' in options else 'C' if 'retain_modified_dates' in options else 'Z'), 'vr'
+    if _instance_uid(el): return ('K' if 'retain_uids' in options else 'U'), 'vr'
+    if scrub and el.VR in _TEXT_VRS: return 'C', 'clean'
+    return 'K', 'none'
+
+def profile_keeps(el, options=()) -> bool:
+    "Whether de-identification with `options` keeps `el`'s value unchanged (what `dicom_meta_df(phi=False)` shows)."
+    return _deid_rule(el, options)[0] == 'K'
+
+# %% ../nbs/01_dicom.ipynb #daf3dda9
+_DUMMY = {'PN': 'ANONYMOUS', 'DA': '19000101', 'TM': '000000.00', 'DT': '19000101000000', 'AS': '000Y', 'AE': 'ANONYMOUS',
+          'CS': 'ANONYMIZED', 'UR': 'ANONYMIZED', 'DS': '0', 'IS': '0'}
+_NUM = ('US', 'SS', 'UL', 'SL', 'FL', 'FD', 'UV', 'SV', 'AT')
+_BYTES = ('OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN')
+
+def _vr(el): return el.VR.split(' or ')[0]
+
+def _zero(el):
+    vr = _vr(el)
+    return [] if vr == 'SQ' else None if vr in _NUM else b'' if vr in _BYTES else ''
+
+def _keyed(key:bytes, s:str) -> bytes: return hmac.new(key, s.encode('utf-8', 'replace'), hashlib.sha256).digest()
+
+def keyed_uid(key:bytes, # Secret key (HMAC-SHA256)
+              uid:str) -> str: # The UID to replace
+    "A `2.25.` UID from the HMAC-SHA256 of `uid` under `key`: one key maps one old UID to one new UID, in any call."
+    return '2.25.' + str(int.from_bytes(_keyed(key, 'uid|' + uid)[:16], 'big'))
+
+def _pseudonym(key, kind, value, n=10): return 'ANON-' + _keyed(key, f"{kind}|{value}").hex()[:n].upper()
+
+# %% ../nbs/01_dicom.ipynb #591a79a8
+class _Deid:
+    "One de-identification: key, options, the old→new map shared across files, the PHI to scrub, the audit rows."
+    def __init__(self, key, options, uid_map, keep):
+        self.key, self.opts, self.m, self.keep, self.audit = key, tuple(options), uid_map, set(keep), []
+        self.phi_re, self.days = None, 0
+
+    def uid(self, u):
+        u = str(u).strip().rstrip('\x00')
+        if not u or u.startswith('1.2.840.10008.'): return u
+        if u not in self.m: self.m[u] = keyed_uid(self.key, u)
+        return self.m[u]
+
+    def dummy(self, el):
+        vr, kw = _vr(el), el.keyword
+        if vr == 'SQ': return [pydicom.Dataset()]
+        if vr == 'UI': return self.uid(str(el.value) or kw)
+        if vr in ('SH', 'LO') and el.value not in (None, ''):   # a consistent pseudonym: equal IDs stay equal
+            k = f"{kw}={el.value}"
+            if k not in self.m: self.m[k] = _pseudonym(self.key, kw, el.value)
+            return self.m[k]
+        return 0 if vr in _NUM else b'\0\0' if vr in _BYTES else _DUMMY.get(vr, 'ANONYMIZED')
+
+    def scrub(self, s):
+        "`s` with every identifying value of this dataset (names, IDs, dates...) cut out."
+        if self.phi_re is not None: s = self.phi_re.sub('', s)
+        return ' '.join(s.split())
+
+    def shift(self, v, vr):
+        "A date (DA, or DT's date part) moved back by this patient's keyed offset; times unchanged."
+        if vr == 'TM' or not v: return v
+        try: d = datetime.datetime.strptime(str(v)[:8], '%Y%m%d') - datetime.timedelta(days=self.days)
+        except ValueError: return ''
+        return d.strftime('%Y%m%d') + str(v)[8:]
+
+# %% ../nbs/01_dicom.ipynb #d36c0368
+def _collect_phi(ds, options=()):
+    "Identifying strings in `ds` (values `options` neither keep nor clean), to scrub from the text that is cleaned (C)."
+    vals = set()
+    for el in ds.iterall():
+        if el.VR not in _TEXT_VRS + ('DA', 'DT') or _deid_rule(el, options)[0] in ('K', 'C'): continue
+        for v in (el.value if isinstance(el.value, (list, pydicom.multival.MultiValue)) else [el.value]):
+            s = str(v or '').strip()
+            vals |= {p for p in re.split(r'[\^= ]+', s) if len(p) >= 3} if el.VR == 'PN' else ({s} if len(s) >= 4 else set())
+    return sorted(vals, key=len, reverse=True)
+
+def _clean_value(el, st):
+    "The C action on a non-sequence value: dates shifted (modified-dates option), text scrubbed, anything else kept."
+    vr = _vr(el)
+    if vr in ('DA', 'DT', 'TM'):
+        if 'retain_full_dates' in st.opts: return el.value
+        vals = el.value if isinstance(el.value, (list, pydicom.multival.MultiValue)) else [el.value]
+        out = [st.shift(v, vr) for v in vals]
+        return out if len(out) > 1 else out[0]
+    if vr in _TEXT_VRS and isinstance(el.value, str): return st.scrub(el.value)
+    if vr in _TEXT_VRS and el.value is not None and vr != 'PN': return [st.scrub(str(v)) for v in el.value]
+    if vr == 'PN': return ''
+    return el.value
+
+# %% ../nbs/01_dicom.ipynb #fca5094e
+def _apply(ds, st, where='', scrub=False):
+    "Apply the profile to every element of `ds` and, recursively, of its sequences; log every change in `st.audit`."
     for el in list(ds):
-        t, kw = el.tag, el.keyword
-        if t.is_private or t.group & 0xFF00 == 0x5000 or (t.group & 0xFF00 == 0x6000 and t.element in (0x3000, 0x4000)):
-            del ds[t]; continue
-        act = None if kw in keep else PHI_TAGS.get(kw)
-        if act == 'X': del ds[t]
-        elif act == 'Z': el.value = [] if el.VR == 'SQ' else None if el.VR in _NUM else ''
-        elif act == 'D':
-            if kw == 'PatientID':
-                k = f"PatientID={el.value}"
-                if k not in m: m[k] = 'ANON-' + _hash_uid(salt, k)[5:17]
-                el.value = m[k]
-            else: el.value = [] if el.VR == 'SQ' else 0 if el.VR in _NUM else _DUMMY.get(el.VR, 'ANONYMIZED')
-        elif el.VR == 'SQ':
-            for item in el.value: _clean(item, m, salt, keep)
-        elif el.VR == 'UI' and el.value and not kw.endswith('ClassUID') and kw not in ('TransferSyntaxUID', 'CodingSchemeUID'):
-            el.value = [_new_uid(u, m, salt) for u in el.value] if el.VM > 1 else _new_uid(el.value, m, salt)
+        a, why = _deid_rule(el, st.opts, st.keep, scrub)
+        name = el.keyword or f"({el.tag.group:04X},{el.tag.element:04X})"
+        if a == 'X': del ds[el.tag]
+        elif a == 'Z': el.value = _zero(el)
+        elif a == 'D': el.value = st.dummy(el)
+        elif a == 'U' and el.VR == 'UI':
+            el.value = [st.uid(u) for u in el.value] if el.VM > 1 else st.uid(el.value)
+        elif a == 'C' and el.VR != 'SQ': el.value = _clean_value(el, st)
+        if a != 'K' or why in ('keep', 'option'):
+            st.audit.append({'element': where + name, 'tag': f"({el.tag.group:04X},{el.tag.element:04X})",
+                             'keyword': el.keyword, 'action': a, 'rule': why})
+        if a in ('K', 'U', 'C') and el.VR == 'SQ' and el.tag in ds:
+            for i, item in enumerate(el.value or []): _apply(item, st, f"{where}{name}[{i}].", scrub or a == 'C')
 
-def anonymize_dataset(ds:DcmDataset, uid_map:dict=None, salt:str='', keep=()):
-    "Apply the PS3.15 basic profile to `ds` in place (see `anonymize`); returns `uid_map`."
+# %% ../nbs/01_dicom.ipynb #96803f57
+_BURN_PRONE = ('US', 'IVUS', 'SC', 'XC', 'ES', 'OT', 'GM', 'DOC', 'OP')
+
+def burned_in_risk(ds:DcmDataset) -> str|None:
+    "Why `ds`'s pixels may show patient details (BurnedInAnnotation YES, or unknown on a modality prone to it); None if not."
+    if not _has_pixels(ds): return None
+    v = str(ds.get('BurnedInAnnotation', '') or '').strip().upper()
+    if v == 'YES': return 'BurnedInAnnotation is YES'
+    mod = str(ds.get('Modality', '') or '').strip().upper()
+    if v != 'NO' and mod in _BURN_PRONE:
+        return f"BurnedInAnnotation is {'absent' if not v else repr(v)} on a {mod} image (a modality prone to burned-in text)"
+    return None
+
+# %% ../nbs/01_dicom.ipynb #8c5b7e57
+def _check_options(options):
+    opts = [options] if isinstance(options, str) else list(options)
+    for o in opts:
+        if o not in DEID_OPTIONS:
+            close = difflib.get_close_matches(o, list(DEID_OPTIONS), n=1)
+            raise MedvisionError(f"unknown de-identification option {o!r}" + (f" (did you mean {close[0]!r}?)" if close else '')
+                                 + f"; options: {', '.join(DEID_OPTIONS)}")
+    if {'retain_full_dates', 'retain_modified_dates'} <= set(opts):
+        raise MedvisionError("retain_full_dates and retain_modified_dates are mutually exclusive (PS3.15 E.3.6)")
+    if 'retain_safe_private' in opts:
+        raise MedvisionError("retain_safe_private is not supported: medvision has no list of safe private attributes, "
+                             "so every private attribute is removed")
+    return tuple(o for o in DEID_OPTIONS if o in opts)   # the table's order
+
+def _key_bytes(key):
+    if key is None: return secrets.token_bytes(32)
+    return key if isinstance(key, bytes) else str(key).encode('utf-8')
+
+# %% ../nbs/01_dicom.ipynb #ec836440
+def _mark(ds, st, identity_removed):
+    "PatientIdentityRemoved, DeidentificationMethod(+CodeSequence) and the temporal flag, as `st`'s options say."
+    ds.PatientIdentityRemoved = 'YES' if identity_removed else 'NO'
+    done = ['113100'] + [DEID_OPTIONS[o][0] for o in st.opts]
+    names = ['Basic Application Confidentiality Profile'] + [DEID_OPTIONS[o][1] for o in st.opts]
+    n = len(st.opts)
+    ds.DeidentificationMethod = (f"PS3.15 {PS315_EDITION} basic profile" + (f" +{n} option{'s' * (n > 1)}" if n else '')
+                                 + ('' if identity_removed else '; burned-in text NOT removed'))
+    items = []
+    for code, meaning in zip(done, names):
+        it = pydicom.Dataset()
+        it.CodeValue, it.CodingSchemeDesignator, it.CodeMeaning = code, 'DCM', meaning
+        items.append(it)
+    ds.DeidentificationMethodCodeSequence = items
+    ds.LongitudinalTemporalInformationModified = ('UNMODIFIED' if 'retain_full_dates' in st.opts else
+                                                  'MODIFIED' if 'retain_modified_dates' in st.opts else 'REMOVED')
+
+def _new_file_meta(ds):
+    "Replace the File Meta Information (and preamble) with a description of the de-identifier (PS3.15 E.1.1 item 7)."
+    old = getattr(ds, 'file_meta', None) or pydicom.dataset.FileMetaDataset()
+    fm = pydicom.dataset.FileMetaDataset()
+    fm.MediaStorageSOPClassUID = ds.get('SOPClassUID') or old.get('MediaStorageSOPClassUID') or pydicom.uid.SecondaryCaptureImageStorage
+    fm.MediaStorageSOPInstanceUID = ds.get('SOPInstanceUID') or generate_uid()
+    fm.TransferSyntaxUID = old.get('TransferSyntaxUID') or _ts(ds)
+    fm.ImplementationClassUID, fm.ImplementationVersionName = pydicom.uid.PYDICOM_IMPLEMENTATION_UID, 'MEDVISION_DEID'
+    ds.file_meta, ds.preamble = fm, b'\0' * 128
+
+# %% ../nbs/01_dicom.ipynb #7863b540
+def anonymize_dataset(ds:DcmDataset, # Dataset changed in place
+                      uid_map:dict=None, # old → new UIDs / pseudonyms from earlier calls (updated)
+                      key=None, # Secret for the keyed hash (str/bytes); None: random for this call
+                      options=(), # Option flags of PS3.15 E.3, keys of `DEID_OPTIONS`
+                      keep=(), # Keywords to keep unchanged despite the profile
+                      allow_burned_in:bool=False, # Write pixels that may show patient details (then not marked identity-removed)
+                      audit:list=None): # Appends one dict per changed element (element path, tag, keyword, action; never values)
+    "De-identify `ds` per PS3.15 Table E.1-1 (basic profile + `options`), recursively; returns `uid_map`."
     m = {} if uid_map is None else uid_map
-    if str(ds.get('BurnedInAnnotation', '')).upper() == 'YES':
-        warnings.warn(f"{getattr(ds, 'filename', 'dataset')}: BurnedInAnnotation=YES: the pixels may show patient details; anonymize does not alter pixels")
-    _clean(ds, m, salt, set(keep))
-    fm = getattr(ds, 'file_meta', None)
-    if fm is not None:
-        for k in ('SourceApplicationEntityTitle', 'SendingApplicationEntityTitle', 'ReceivingApplicationEntityTitle', 'SourcePresentationAddress'):
-            if k in fm: del fm[k]
-        if 'SOPInstanceUID' in ds: fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientIdentityRemoved = 'YES'
-    ds.DeidentificationMethod = 'PS3.15 E.1 Basic Profile (medvision.anonymize)'
-    code = pydicom.dataset.Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = '113100', 'DCM', 'Basic Application Confidentiality Profile'
-    ds.DeidentificationMethodCodeSequence = [code]
-    ds.LongitudinalTemporalInformationModified = 'REMOVED'
+    opts, why = _check_options(options), burned_in_risk(ds)
+    if why and not allow_burned_in:
+        raise _err(_fname(ds), f"{why}: the pixels may show the patient's name or ID, which anonymize does not remove. "
+                               "Check the images, then pass allow_burned_in=True (--allow-burned-in) to write them anyway")
+    st = _Deid(_key_bytes(key), opts, m, keep)
+    phi = _collect_phi(ds, opts)
+    st.phi_re = re.compile('|'.join(map(re.escape, phi)), re.I) if phi else None
+    if 'retain_modified_dates' in opts:
+        st.days = 1 + int.from_bytes(_keyed(st.key, f"days|{ds.get('PatientID', '')}")[:4], 'big') % 3650
+    _apply(ds, st)
+    _mark(ds, st, identity_removed=why is None)
+    _new_file_meta(ds)
+    if audit is not None: audit.extend(st.audit)
     return m
 
-def anonymize(src, # A DICOM file or a folder (searched recursively)
-              dst, # Output file or folder (the folder structure of `src` is mirrored)
-              uid_map:dict=None, # old → new UIDs from an earlier call, to stay consistent across calls
-              salt:str=None, # Secret mixed into new UIDs/pseudonyms (default: random per call)
-              keep=()): # Keywords to keep despite the profile, e.g. ('SeriesDescription',)
-    "Anonymise `src` into `dst` per DICOM PS3.15 basic profile, never touching pixel data; return the UID map."
-    src, dst = Path(src), Path(dst)
-    m = {} if uid_map is None else uid_map
-    salt = secrets.token_hex(16) if salt is None else str(salt)
+# %% ../nbs/01_dicom.ipynb #33f6a1d2
+class AnonymizeResult(dict):
+    "The old → new UID/pseudonym map of an `anonymize` call, plus `written` (output paths), `skipped` and `audit` (path)."
+    written, skipped, audit = (), (), None
+
+def _out_path(ds, dst, i):
+    "`dst/<new Study UID>/<new Series UID>/<new SOP Instance UID>.dcm`: built from the new UIDs only."
+    parts = [str(ds.get(k) or f"unknown-{k[:-11].lower()}") for k in ('StudyInstanceUID', 'SeriesInstanceUID')]
+    return Path(dst, *parts, f"{ds.get('SOPInstanceUID') or f'{i:06d}'}.dcm")
+
+def _free(p):
+    "`p`, or `p` with `-2`, `-3`... before the suffix if it exists."
+    n, q = 2, Path(p)
+    while q.exists(): q, n = p.with_name(f"{p.stem}-{n}{p.suffix}"), n + 1
+    return q
+
+def _check_dst(dst):
+    for p in [Path(dst), *Path(dst).parents]:
+        if p.exists() and not p.is_dir() and p != Path(dst):
+            raise _err(dst, f"cannot write under {p}: it is a file, not a folder")
+
+# %% ../nbs/01_dicom.ipynb #301f9f98
+def _anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i):
+    "Open, de-identify and atomically write one file; return the output path."
+    ds = open_dicom(f)
+    rows = []
+    try: anonymize_dataset(ds, m, key, opts, keep, allow_burned_in, rows)
+    except MedvisionError: raise
+    except Exception as e: raise _err(f, f"cannot anonymize: corrupt element ({type(e).__name__}: {e})") from e
+    out = out_for(ds, i)
+    try: atomic_write(out, lambda t: ds.save_as(t, enforce_file_format=True))
+    except Exception as e: raise _err(f, f"cannot write the anonymized copy ({type(e).__name__}: {e})") from e
+    audit.extend({'file': out.name, **r} for r in rows)
+    return out
+
+# %% ../nbs/01_dicom.ipynb #a3b7cd67
+def _plan(src, dst):
+    "`(files, out_for, audit_log)`: what to read, where each de-identified dataset goes, where the audit log goes."
     if src.is_dir():
-        if dst.resolve().is_relative_to(src.resolve()): raise _err(dst, f"output folder is inside the input folder {src}: choose another place")
-        pairs = [(f, dst/f.relative_to(src)) for f in sorted(src.rglob('*')) if f.is_file()]
-    else: pairs = [(src, dst/src.name if dst.is_dir() else dst)]
-    skipped = []
-    for f, out in pairs:
-        try:
-            ds = open_dicom(f)
-            try: anonymize_dataset(ds, m, salt, keep)
-            except Exception as e: raise _err(f, f"cannot anonymize: corrupt element ({type(e).__name__}: {e})") from e
-            try: atomic_write(out, lambda t: ds.save_as(t))
-            except Exception as e: raise _err(f, f"cannot write the anonymized copy to {out} ({type(e).__name__}: {e})") from e
+        if dst.is_file(): raise _err(dst, "is a file: the output of a folder must be a folder")
+        if dst.resolve().is_relative_to(src.resolve()):
+            raise _err(dst, f"output folder is inside the input folder {src}: choose another place")
+        return sorted(f for f in src.rglob('*') if f.is_file()), (lambda ds, i: _out_path(ds, dst, i)), dst/'deid-audit.jsonl'
+    if dst.is_dir(): return [src], (lambda ds, i: dst/f"{ds.get('SOPInstanceUID') or 'anonymized'}.dcm"), dst/'deid-audit.jsonl'
+    return [src], (lambda ds, i: dst), dst.with_name(dst.stem + '.audit.jsonl')
+
+def anonymize(src, # A DICOM file or a folder (searched recursively)
+              dst, # Output file, or folder: `dst/<new study UID>/<new series UID>/<new SOP UID>.dcm`
+              uid_map:dict=None, # old → new UIDs from an earlier call, to stay consistent across calls
+              key=None, # Secret (str/bytes) for keyed UIDs/pseudonyms: one key maps a study alike in every call; None: random
+              options=(), # Option flags of PS3.15 E.3 (`DEID_OPTIONS`), e.g. ('clean_descriptors', 'retain_modified_dates')
+              keep=(), # Keywords to keep despite the profile, e.g. ('SeriesDescription',)
+              allow_burned_in:bool=False, # Write images with (possible) burned-in annotation; not marked identity-removed
+              salt=None): # Old name of `key`
+    "De-identify `src` into `dst` per DICOM PS3.15 Table E.1-1; pixels untouched; writes an audit log; returns the UID map."
+    src, dst = Path(src), Path(dst)
+    m, key, opts = ({} if uid_map is None else uid_map), _key_bytes(key if key is not None else salt), _check_options(options)
+    _check_dst(dst)
+    files, out_for, log = _plan(src, dst)
+    res, audit, written, skipped = AnonymizeResult(), [], [], []
+    for i, f in enumerate(files):
+        try: written.append(_anonymize_one(f, out_for, m, key, opts, keep, allow_burned_in, audit, i))
         except MedvisionError as e:
             if not src.is_dir(): raise
             skipped.append(f"{f.relative_to(src)} ({e.msg})")
-    if skipped: warnings.warn(f"anonymize skipped {len(skipped)} non-DICOM/unreadable file(s) (not copied): {', '.join(skipped[:5])}")
-    return m
+    if not written: raise _err(src, f"no file anonymized: all {len(files)} skipped" + (f", e.g. {skipped[0]}" if skipped else ''))
+    if skipped: warnings.warn(f"anonymize skipped {len(skipped)} file(s) (not copied): {'; '.join(skipped[:5])}")
+    log = _free(log)
+    atomic_write_text(''.join(json.dumps(r) + '\n' for r in audit), log)
+    res.update(m); res.written, res.skipped, res.audit = written, skipped, log
+    return res

@@ -15,8 +15,8 @@ from .core import MedvisionError
 from .dicom import read_dicom, open_dicom
 
 # %% auto #0
-__all__ = ['FILE_TYPES', 'DICOM_EXTS', 'PIL_EXTS', 'SUPPORTED_EXTS', 'file_ext', 'is_dicom_file', 'check_finite', 'read_volume',
-           'read_image', 'file_role', 'list_files', 'check_files']
+__all__ = ['FILE_TYPES', 'DICOM_EXTS', 'PIL_EXTS', 'SUPPORTED_EXTS', 'file_ext', 'is_dicom_file', 'check_finite',
+           'read_dicom_series', 'read_volume', 'read_image', 'file_role', 'list_files', 'check_files']
 
 # %% ../nbs/04_io.ipynb #8469f221
 FILE_TYPES = dict(   # role → extensions: the one list of file types in the package
@@ -101,31 +101,59 @@ def _read_nifti(p):
     if a.size == 0: raise MedvisionError(f"volume of shape {a.shape} is empty", p)
     return check_finite(a, p), aff
 
-def _read_dicom_series(folder):
+def _one_series(folder, hs):
+    "Raise unless the header datasets `hs` are one series of equal-size, equally oriented, positioned slices."
+    uids = {}
+    for d in hs: uids.setdefault(str(d.get('SeriesInstanceUID', '(none)')), []).append(Path(d.filename).name)
+    if len(uids) > 1:
+        desc = '; '.join(f"{u} ({len(v)} files, e.g. {v[0]})" for u, v in uids.items())
+        raise MedvisionError(f"mixed series: {len(uids)} SeriesInstanceUIDs in one folder ({desc}); "
+                             "put each series in its own folder", folder)
+    if len({(d.get('Rows'), d.get('Columns')) for d in hs}) > 1: raise MedvisionError("slices have different sizes", folder)
+    iops = {tuple(np.round(np.asarray(d.get('ImageOrientationPatient') or (1, 0, 0, 0, 1, 0), float), 4)) for d in hs}
+    if len(iops) > 1: raise MedvisionError(f"slices have {len(iops)} different ImageOrientationPatient values", folder)
+    nopos = [Path(d.filename).name for d in hs if d.get('ImagePositionPatient') is None]
+    if nopos and len(hs) > 1:
+        raise MedvisionError(f"{len(nopos)} slice(s) without ImagePositionPatient (e.g. {nopos[0]}): cannot place them", folder)
+    return np.array(iops.pop(), float)
+
+def _check_steps(folder, hs, z):
+    "Raise for duplicate slice positions, missing slices or uneven spacing along the slice normal (`z` sorted)."
+    d = np.diff(z); name = lambda i: Path(hs[i].filename).name
+    for i in np.nonzero(d < 1e-3)[0]:
+        raise MedvisionError(f"duplicate slices: {name(i)} and {name(i+1)} are both at {z[i]:.2f} mm along the slice normal", folder)
+    step = float(np.median(d)) if len(d) else 0.
+    for i in np.nonzero(np.abs(d - step) > 0.05*step + 0.01)[0]:
+        what = f"{round(d[i]/step) - 1} missing slice(s)" if d[i] > 1.5*step else "uneven slice spacing"
+        raise MedvisionError(f"{what} between {name(i)} ({z[i]:.2f} mm) and {name(i+1)} ({z[i+1]:.2f} mm): "
+                             f"a step of {d[i]:.2f} mm where the series spacing is {step:.2f} mm", folder)
+
+def read_dicom_series(folder): # A folder holding the DICOM files of one series
+    "Read one DICOM series → `(array float32 (H,W,D) in real units, 4×4 RAS affine, header datasets in slice order)`."
     files = list_files(folder, roles='dicom')
-    sl = []
-    for f in files:
-        x, m = read_dicom(f)
-        if x.ndim != 2: raise MedvisionError(f"a series folder must hold single-frame grayscale slices, found shape {x.shape}", f)
-        sl.append((x, m))
-    if len({m['SeriesInstanceUID'] for _, m in sl}) > 1: raise MedvisionError("folder holds more than one series (SeriesInstanceUID); pass one series folder", folder)
-    if len({x.shape for x, _ in sl}) > 1: raise MedvisionError("slices have different sizes", folder)
-    m0 = sl[0][1]
-    iop = np.array(m0['ImageOrientationPatient'] or (1, 0, 0, 0, 1, 0), float)
+    hs = [d for d in (open_dicom(f, header_only=True) for f in files) if 'Rows' in d]   # DICOMDIR, SR, ...: not slices
+    if not hs: raise MedvisionError(f"none of the {len(files)} DICOM files in the folder is an image slice", folder)
+    iop = _one_series(folder, hs)
     X, Y = iop[:3], iop[3:]; N = np.cross(X, Y)
-    if all(m['ImagePositionPatient'] for _, m in sl): sl.sort(key=lambda t: float(np.dot(N, t[1]['ImagePositionPatient'])))
-    else: sl.sort(key=lambda t: t[1]['InstanceNumber'] or 0)
-    dr, dc = (m0['PixelSpacing'] or (1., 1.))[:2]
-    ipp = [np.array(m['ImagePositionPatient'] or (0, 0, i), float) for i, (_, m) in enumerate(sl)]
-    ds_ = float(np.dot(N, ipp[-1] - ipp[0]) / (len(sl) - 1)) if len(sl) > 1 else float(m0['SliceThickness'] or 1.)
-    aff = np.eye(4); aff[:3, 0], aff[:3, 1], aff[:3, 2], aff[:3, 3] = Y*dr, X*dc, N*ds_, ipp[0]
-    return np.stack([x for x, _ in sl], axis=-1), np.diag([-1., -1., 1., 1.]) @ aff  # LPS → RAS
+    z = np.array([float(np.dot(N, np.asarray(d.get('ImagePositionPatient') or (0, 0, 0), float))) for d in hs])
+    order = np.argsort(z, kind='stable'); hs = [hs[i] for i in order]; z = z[order]
+    _check_steps(folder, hs, z)
+    ipp = [np.asarray(d.get('ImagePositionPatient') or (0, 0, 0), float) for d in (hs[0], hs[-1])]
+    dr, dc = [float(v) for v in (hs[0].get('PixelSpacing') or (1., 1.))[:2]]
+    step = (ipp[1] - ipp[0])/(len(hs) - 1) if len(hs) > 1 else N*float(hs[0].get('SliceThickness') or 1.)
+    aff = np.eye(4); aff[:3, 0], aff[:3, 1], aff[:3, 2], aff[:3, 3] = Y*dr, X*dc, step, ipp[0]
+    a = np.empty((int(hs[0].Rows), int(hs[0].Columns), len(hs)), np.float32)
+    for k, d in enumerate(hs):
+        x, _ = read_dicom(d.filename)
+        if x.shape != a.shape[:2]: raise MedvisionError(f"a series folder must hold single-frame grayscale slices, found shape {x.shape}", d.filename)
+        a[..., k] = x
+    return a, np.diag([-1., -1., 1., 1.]) @ aff, hs  # LPS → RAS
 
 def read_volume(fn): # A NIfTI file, a .npy, or a folder with one DICOM series
     "Read a 3-D volume → `(array float32 (H,W,D), 4×4 RAS affine)`."
     p = Path(fn)
     if not p.exists(): raise MedvisionError("file not found", p)
-    if p.is_dir(): return _read_dicom_series(p)
+    if p.is_dir(): return read_dicom_series(p)[:2]
     e = file_ext(p)
     if p.stat().st_size == 0: raise MedvisionError("empty file (0 bytes)", p)
     if e in ('.nii', '.nii.gz'): return _read_nifti(p)

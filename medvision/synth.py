@@ -12,16 +12,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from .core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES
+from .core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES, orient_array
+from .dicom import dicom_from_array
 from .phantoms import (synth_ct_slice, synth_ct_volume, synth_radiograph, synth_mri_slice, synth_mri_case,
                                 synth_chestct, show_synth, _ct_slice, _ct_volume)
 
 # %% auto #0
 __all__ = ['UID_PREFIX', 'FAKE_PHI', 'MEDSEG_LABELS', 'CT_INTERCEPT', 'DEFAULT_BODYPARTS', 'CHESTCT_FOLDERS', 'MRI_NIFTI_STYLES',
            'SYNTH_LAYOUTS', 'kaggle_onehot', 'covid_npy_arrays', 'write_covid_npy', 'write_covid_png',
-           'write_medseg_nifti', 'write_dicom_ct', 'write_unifesp_dicom', 'write_unifesp_png', 'write_chestct',
-           'write_mri_folders', 'write_mri_nifti', 'synth', 'synth_ct_slice', 'synth_ct_volume', 'synth_radiograph',
-           'synth_mri_slice', 'synth_mri_case', 'synth_chestct', 'show_synth']
+           'write_medseg_nifti', 'write_dicom_ct', 'ct_volume_geometry', 'write_ct_volume_nifti',
+           'write_ct_volume_dicom', 'write_unifesp_dicom', 'write_unifesp_png', 'write_chestct', 'write_mri_folders',
+           'write_mri_nifti', 'synth', 'synth_ct_slice', 'synth_ct_volume', 'synth_radiograph', 'synth_mri_slice',
+           'synth_mri_case', 'synth_chestct', 'show_synth']
 
 # %% ../nbs/03_synth.ipynb #75094df9
 _all_ = ['synth_ct_slice', 'synth_ct_volume', 'synth_radiograph', 'synth_mri_slice', 'synth_mri_case',
@@ -69,19 +71,9 @@ def _nifti(path, a, spacing=(1., 1., 1.), affine=None):
     Path(path).write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
 
 def _dicom(path, arr, photometric, bits, **tags):
-    "Write `arr` as an uncompressed DICOM file at `path` with `tags` (file meta filled in)."
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = 'ISO_IR 100'
-    for k,v in tags.items(): setattr(ds, k, v)
-    ds.set_pixel_data(arr, photometric, bits, generate_instance_uid=False)
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    _mkdir(Path(path).parent)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    "Write `arr` as an uncompressed DICOM file at `path` with `tags` (`medvision.dicom.dicom_from_array`)."
+    dicom_from_array(arr, path, modality=tags.get('Modality', 'CT'), photometric=photometric, bits_stored=bits,
+                     SpecificCharacterSet='ISO_IR 100', **tags)
 
 def _split(n, k):
     "Split `n` items into `k` nearly equal consecutive parts (their lengths)."
@@ -185,6 +177,24 @@ def write_medseg_nifti(out, # Folder to write into (created)
 # %% ../nbs/03_synth.ipynb #c7cf699f
 CT_INTERCEPT = -1024
 
+def _ct_series(folder, hu, ras, seed, key, names=None, **tags):
+    "Write `hu` `(H,W,D)` as int16 CT slices placed by the RAS affine `ras` (file `k` = slice `k` unless `names`)."
+    lps = np.diag([-1., -1., 1., 1.]) @ ras
+    dr,dc = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    iop = [float(round(v, 6)) for v in (*lps[:3, 1]/dc, *lps[:3, 0]/dr)]
+    study,series = _uid(seed, f'{key}-study'), _uid(seed, f'{key}-series')
+    for k in range(hu.shape[-1]):
+        ipp = [float(round(v, 4)) for v in lps[:3, 3] + k*lps[:3, 2]]
+        t = dict(SOPClassUID='1.2.840.10008.5.1.4.1.1.2', SOPInstanceUID=_uid(seed, key, k), StudyInstanceUID=study,
+                 SeriesInstanceUID=series, FrameOfReferenceUID=_uid(seed, f'{key}-for'), Modality='CT',
+                 Manufacturer='medvision synth', StudyDescription='CT CHEST', SeriesDescription='AXIAL LUNG', SeriesNumber=2,
+                 InstanceNumber=k+1, StudyID='1', ImageType=['ORIGINAL', 'PRIMARY', 'AXIAL'], BodyPartExamined='CHEST',
+                 ImagePositionPatient=ipp, ImageOrientationPatient=iop, SliceLocation=ipp[2],
+                 SliceThickness=float(round(np.linalg.norm(lps[:3, 2]), 4)), PixelSpacing=[float(round(dr, 6)), float(round(dc, 6))],
+                 KVP=120, RescaleIntercept=CT_INTERCEPT, RescaleSlope=1, RescaleType='HU', WindowCenter=-600, WindowWidth=1500)
+        _dicom(Path(folder)/(names[k] if names else f'IM{k+1:04d}.dcm'), (np.round(hu[..., k]) - CT_INTERCEPT).astype(np.int16),
+               'MONOCHROME2', 16, **{**t, **FAKE_PHI, **tags})
+
 def write_dicom_ct(out, # Folder to write into (created); the series goes to `out/ct-series/`
                    n:int=8, # Slices
                    size:int=64, # Rows and columns
@@ -193,20 +203,59 @@ def write_dicom_ct(out, # Folder to write into (created); the series goes to `ou
     "Write a CT series of `n` int16 DICOM slices (HU = stored − 1024) with fake PHI into `out`."
     out = _mkdir(out); rng = np.random.default_rng([seed, 4])
     hu,_ = synth_ct_volume(n, size, rng)
-    study,series = _uid(seed, 'ct-study'), _uid(seed, 'ct-series')
     ps = round(350/size, 4)
-    for k in range(n):
-        sop = _uid(seed, 'ct', k)
-        z = -k*thickness
-        _dicom(out/'ct-series'/f'IM{k+1:04d}.dcm', (np.round(hu[k]) - CT_INTERCEPT).astype(np.int16), 'MONOCHROME2', 16,
-               SOPClassUID='1.2.840.10008.5.1.4.1.1.2', SOPInstanceUID=sop, StudyInstanceUID=study, SeriesInstanceUID=series,
-               FrameOfReferenceUID=_uid(seed, 'ct-for'), Modality='CT', Manufacturer='medvision synth',
-               StudyDescription='CT CHEST', SeriesDescription='AXIAL LUNG', SeriesNumber=2, InstanceNumber=k+1,
-               StudyID='1', ImageType=['ORIGINAL', 'PRIMARY', 'AXIAL'], BodyPartExamined='CHEST',
-               ImagePositionPatient=[-ps*size/2, -ps*size/2, z], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
-               SliceLocation=z, SliceThickness=thickness, PixelSpacing=[ps, ps], KVP=120,
-               RescaleIntercept=CT_INTERCEPT, RescaleSlope=1, RescaleType='HU', WindowCenter=-600, WindowWidth=1500,
-               **FAKE_PHI)
+    ras = np.array([[0, -ps, 0, ps*size/2], [-ps, 0, 0, ps*size/2], [0, 0, -thickness, 0], [0, 0, 0, 1.]])
+    _ct_series(out/'ct-series', np.moveaxis(hu, 0, -1), ras, seed, 'ct')
+    return out
+
+# %% ../nbs/03_synth.ipynb #08e2948f
+def ct_volume_geometry(size:int, depth:int, # Slice side and number of slices
+                       spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
+                       origin=(-120., -95., -310.)): # LPS position (mm) of the first voxel
+    "RAS affine of a `synth_ct_volume` stacked as `(H,W,D)`: rows run anterior→posterior, columns right→left, slices upward."
+    dr,dc,dz = spacing
+    return np.array([[0, -dc, 0, -origin[0]], [-dr, 0, 0, -origin[1]], [0, 0, dz, origin[2]], [0, 0, 0, 1.]])
+
+def _ct_volume_cases(n, size, depth, seed, noise, spacing):
+    "`n` synthetic patients: `(hu (H,W,D), mask (H,W,D), affine)` in the radiological `PLS` storage order."
+    rng = np.random.default_rng([seed, 11])
+    for i in range(n):
+        hu,ms = synth_ct_volume(depth, size, rng, noise=noise)
+        yield np.moveaxis(hu, 0, -1), np.moveaxis(ms, 0, -1), ct_volume_geometry(size, depth, spacing, (-120.+i, -95., -310.))
+
+def write_ct_volume_nifti(out, # Folder to write into (created)
+                          n:int=2, # Volumes (one patient each)
+                          size:int=64, # Slice side
+                          seed:int=0, # Random seed
+                          depth:int=12, # Slices per volume
+                          spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
+                          flipped:bool=False, # Store upside-down: anterior-posterior and slice order reversed ('LPI')
+                          noise:float=20.): # Gaussian noise std in HU (0: lesions separable by HU alone)
+    "Write `vol_<i>.nii.gz` (HU, int16, orientation 'LAS' or flipped 'LPI') and the truth `vol_<i>_mask.nii.gz` (`SEG_CLASSES`)."
+    out = _mkdir(out)
+    for i,(hu,ms,aff) in enumerate(_ct_volume_cases(n, size, depth, seed, noise, spacing)):
+        codes = 'LPI' if flipped else 'LAS'
+        a,A = orient_array(np.round(hu).astype(np.int16), aff, codes)
+        _nifti(out/f'vol_{i}.nii.gz', a, tuple(spacing[j] for j in (1, 0, 2)), A)
+        _nifti(out/f'vol_{i}_mask.nii.gz', orient_array(ms, aff, codes)[0], tuple(spacing[j] for j in (1, 0, 2)), A)
+    return out
+
+def write_ct_volume_dicom(out, # Folder to write into (created): one series folder `series_<i>/` per volume
+                          n:int=2, # Volumes (one patient each)
+                          size:int=64, # Rows and columns
+                          seed:int=0, # Random seed
+                          depth:int=12, # Slices per volume
+                          spacing=(0.7, 0.7, 2.5), # Row, column and slice spacing in mm
+                          flipped:bool=False, # Store upside-down: image rotated 180° in-plane, files in reverse slice order
+                          noise:float=20.): # Gaussian noise std in HU
+    "Write DICOM CT series `series_<i>/` and the truth label maps `series_<i>_mask.nii.gz` (the geometry the series has)."
+    out = _mkdir(out)
+    for i,(hu,ms,aff) in enumerate(_ct_volume_cases(n, size, depth, seed, noise, spacing)):
+        codes = 'ARS' if flipped else 'PLS'
+        a,A = orient_array(hu, aff, codes)
+        names = [f'IM{depth-k:04d}.dcm' for k in range(depth)] if flipped else None
+        _ct_series(out/f'series_{i}', a, A, seed, f'ctvol{i}' + ('-flipped' if flipped else ''), names, SeriesDescription=f'SYNTH VOLUME {i}')
+        _nifti(out/f'series_{i}_mask.nii.gz', orient_array(ms, aff, codes)[0], spacing, A)
     return out
 
 # %% ../nbs/03_synth.ipynb #c70b4236
@@ -390,7 +439,8 @@ def write_mri_nifti(out, # Folder to write into (created)
 # %% ../nbs/03_synth.ipynb #d2a5af5f
 SYNTH_LAYOUTS = {'covid-npy': write_covid_npy, 'covid-png': write_covid_png, 'medseg-nifti': write_medseg_nifti,
            'dicom-ct': write_dicom_ct, 'unifesp-dicom': write_unifesp_dicom, 'unifesp-png': write_unifesp_png,
-           'chestct': write_chestct, 'mri-folders': write_mri_folders, 'mri-nifti': write_mri_nifti}
+           'chestct': write_chestct, 'mri-folders': write_mri_folders, 'mri-nifti': write_mri_nifti,
+           'ct-volume-nifti': write_ct_volume_nifti, 'ct-volume-dicom': write_ct_volume_dicom}
 
 def synth(layout:str, # One of `SYNTH_LAYOUTS`
           out, # Folder to write into (created)

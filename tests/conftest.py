@@ -28,28 +28,34 @@ def _pydicom_local_only():
 _pydicom_local_only()
 
 
-class NetworkBlocked(RuntimeError):
-    "A test tried to reach the network: tests make no network connection."
-
-
-def _guard(connect):
-    def guarded(self, address, *args, **kwargs):
-        if not _loopback(address):
-            raise NetworkBlocked(f"test tried to connect to {address!r}; tests make no network connection")
-        return connect(self, address, *args, **kwargs)
-    return guarded
+class NetworkBlocked(OSError):
+    "A test tried to reach the network (an `OSError`, so the code under test sees an offline machine)."
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    "Fail any test that opens a non-loopback connection (TCP/UDP connect or a DNS look-up)."
-    monkeypatch.setattr(socket.socket, "connect", _guard(socket.socket.connect))
-    monkeypatch.setattr(socket.socket, "connect_ex", _guard(socket.socket.connect_ex))
+def no_network(request, monkeypatch):
+    """Block every non-loopback connection and DNS look-up, and fail the test that tried one.
+
+    A test marked `network_probe` checks how the code behaves offline: its blocked attempts are expected."""
+    tried = []
+    def block(what):
+        tried.append(what)
+        raise NetworkBlocked(f"test tried to reach {what}; tests make no network connection")
+    def guard(connect):
+        def guarded(self, address, *args, **kwargs):
+            if not _loopback(address): block(repr(address))
+            return connect(self, address, *args, **kwargs)
+        return guarded
+    monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
     real_gai = socket.getaddrinfo
     def getaddrinfo(host, *args, **kwargs):
-        if not _loopback((host,)): raise NetworkBlocked(f"test tried to resolve {host!r}; tests make no network connection")
+        if not _loopback((host,)): block(repr(host))
         return real_gai(host, *args, **kwargs)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    if tried and request.node.get_closest_marker("network_probe") is None:
+        pytest.fail(f"the test tried to reach the network ({', '.join(tried[:3])}); tests make no network connection")
 
 
 def pytest_addoption(parser):

@@ -90,7 +90,7 @@ def test_recipes():
 
 LAYOUT_FILES = {'covid-npy': 'images_medseg.npy', 'covid-png': 'ct', 'medseg-nifti': 'tr_im.nii.gz', 'dicom-ct': None,
                 'unifesp-dicom': 'train.csv', 'unifesp-png': 'train_df.csv', 'chestct': 'train', 'mri-folders': None,
-                'mri-nifti': None}
+                'mri-nifti': None, 'ct-volume-nifti': 'vol_0.nii.gz', 'ct-volume-dicom': 'series_0'}
 
 @pytest.mark.parametrize('layout', list(LAYOUT_FILES))
 def test_synth(layout, tmp_path):
@@ -156,8 +156,11 @@ def test_anonymize(dicoms, tmp_path):
     src = sorted(f for f in ct.rglob('*') if f.is_file())
     r = ok(mv('anonymize', ct, tmp_path/'anon'))
     assert f'{len(src)} files anonymized' in r.stdout
-    out = sorted(f for f in (tmp_path/'anon').rglob('*') if f.is_file())
-    assert len(out) == len(src)
+    inst = lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+    out = sorted((tmp_path/'anon').rglob('*.dcm'), key=inst)
+    src = sorted(src, key=inst)
+    assert len(out) == len(src) and (tmp_path/'anon'/'deid-audit.jsonl').exists()
+    assert not any(a.name in str(b) or 'ct-series' in str(b) for a, b in zip(src, out))   # names from the new UIDs only
     series = set()
     for a, b in zip(src, out):
         da, db = pydicom.dcmread(a), pydicom.dcmread(b)

@@ -168,6 +168,7 @@ def test_pretrained_offline_fails_fast_with_fix(name, empty_weight_cache):
     assert constants.HF_HUB_OFFLINE is True  # the user's own offline setting is kept
 
 
+@pytest.mark.network_probe
 def test_pretrained_without_internet_here():
     "The real path, no patching: where the Hub is unreachable the failure is fast and says what to do."
     if _hub_reachable(): pytest.skip("the Hugging Face Hub is reachable here; this checks the offline path")

@@ -313,7 +313,7 @@ def test_mri_nifti(tmp_path):
 
 def test_synth_dispatch(tmp_path):
     assert set(SYNTH_LAYOUTS) == {'covid-npy', 'covid-png', 'medseg-nifti', 'dicom-ct', 'unifesp-dicom', 'unifesp-png',
-                            'chestct', 'mri-folders', 'mri-nifti'}
+                            'chestct', 'mri-folders', 'mri-nifti', 'ct-volume-nifti', 'ct-volume-dicom'}
     with pytest.raises(MedvisionError) as e: synth('kaggle', tmp_path)
     assert "unknown layout 'kaggle'" in str(e.value) and all(k in str(e.value) for k in SYNTH_LAYOUTS)
     out = synth('covid-npy', tmp_path/'a', n=5, size=24, seed=1)

@@ -22,7 +22,7 @@ from .core import Recipe, register_recipe
 # %% auto #0
 __all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'SEED004_UNETPP_B3', 'SEED001_UNETPP_B2', 'SEG_AUGS',
            'seg_preset', 'seed004_weights', 'build_dls', 'data_info', 'plain_inputs', 'build_model', 'class_counts',
-           'build_loss', 'build_metrics', 'evaluate_dl', 'predict_files']
+           'build_loss', 'build_metrics', 'evaluate_dl', 'slice_probs', 'predict_files']
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #54dafe6f
 EXTRA = {
@@ -239,8 +239,8 @@ def _read_slices(f:Path):
     return a.astype(np.float32), 'HU', a.shape[0] > 1
 
 @torch.no_grad()
-def _predict_slices(model, x, info, dev, bs):
-    "Index masks `(N,H,W)` for raw slices `x` `(N,H,W)` with the model's window/stats/size/context."
+def _predict_slices(model, x, info, dev, bs, probs=False):
+    "Index masks `(N,H,W)` (class probabilities `(N,C,H,W)` with `probs`) for raw slices `x` `(N,H,W)` with the model's window/stats/size/context."
     lo,hi = info['window']; mean,std = info['stats']; k = int(info.get('context', 0)); size = int(info['size'])
     n,h,w = x.shape
     xw = (np.clip(x, lo, hi) - lo)/(hi - lo)
@@ -253,8 +253,15 @@ def _predict_slices(model, x, info, dev, bs):
         with torch.autocast(dev.type, enabled=dev.type == 'cuda'):
             lg = model(xb).float()
         lg = F.interpolate(lg, (h, w), mode='bilinear', align_corners=False) if (h,w) != (size,size) else lg
-        out.append(lg.argmax(1).to(torch.uint8).cpu().numpy())
+        out.append(lg.softmax(1).cpu().numpy() if probs else lg.argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
+
+def slice_probs(model, # The segmentation network (eval mode)
+                x, # Raw slices `(N,H,W)` in the model's units (HU for CT)
+                info:dict, # The model's `data_info`: window, stats, size, context
+                bs:int=8): # Slices per forward pass
+    "Class probabilities `(N,C,H,W)` float32 for the slices `x` (2.5D neighbours taken within `x`, edges repeated)."
+    return _predict_slices(model, x, info, next(model.parameters()).device, bs, probs=True)
 
 def predict_files(learn, recipe, files, out=None):
     "One row per file (slices, pixel share per class, output paths); index masks as `.npy` + PNG into `out`."
