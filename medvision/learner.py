@@ -25,8 +25,9 @@ from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_st
                                  CheckpointCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner', 'load_checkpoint', 'resume',
-           'find_lr', 'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
+__all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner', 'load_checkpoint',
+           'resume', 'freeze_regime', 'MaxSteps', 'find_lr', 'fit_schedule', 'load_exported', 'save_weights',
+           'load_weights']
 
 # %% ../nbs/30_learner.ipynb #427536e3
 _all_ = ['save_weights', 'load_weights']
@@ -181,6 +182,7 @@ def make_learner(dls, # fastai `DataLoaders`
                  cbs=None, # Extra callbacks
                  min_delta:float=0., # Smallest change of `monitor` that counts as an improvement
                  path=None, # fastai `path` (for `learn.save`/`export`); default `out` or the data's path
+                 opt_kw:dict=None, # `AdamW` settings other than lr/wd: `mom`, `sqr_mom`, `eps`, `wd_bn_bias`
                 ) -> MedvisionLearner:
     "A fastai `Learner` with AdamW, best-model saving, early stopping, checkpoints and Ctrl-C safety."
     metrics = L(metrics).map(mk_metric)
@@ -193,7 +195,7 @@ def make_learner(dls, # fastai `DataLoaders`
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         mcbs += [SaveBestCallback(monitor, comp, out/'model.pth', min_delta), CheckpointCallback(out/'checkpoint.pth')]
-    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=AdamW, lr=lr, wd=wd,
+    learn = MedvisionLearner(dls, model, loss_func=loss_func, opt_func=partial(AdamW, wd=wd, **(opt_kw or {})), lr=lr, wd=wd,
                              splitter=splitter or _default_splitter(model), metrics=metrics,
                              path=path if path is not None else out, cbs=mcbs + list(L(cbs)), out=out)
     if _want_amp(amp, dls): learn.add_cb(MixedPrecision(amp_mode='bf16' if amp == 'bf16' else 'fp16'))
@@ -244,12 +246,66 @@ def resume(learn:MedvisionLearner, # A learner built exactly like the interrupte
     learn._mv_ckpt_epoch = int(ck['epoch'])
     return int(ck['epoch'])
 
-# %% ../nbs/30_learner.ipynb #4cc0674b
-SCHEDULES = ('one_cycle', 'flat_cos', 'seed000')
+# %% ../nbs/30_learner.ipynb #684c9268
+FREEZE_REGIMES = ('head', 'head+last', 'all')
 
-def find_lr(learn, show_plot:bool=False) -> float:
-    "fastai's `lr_find` valley suggestion (falls back to `learn.lr` if the finder gives no usable value)."
-    try: lr = float(learn.lr_find(show_plot=show_plot).valley)
+def freeze_regime(learn, # A learner whose splitter gives the layer groups
+                  regime:str='head', # One of `FREEZE_REGIMES`
+                  train_bn:bool=None): # Keep norm layers of frozen groups training (default: the learner's `train_bn`)
+    "Set which layer groups train: only the head, the head and the last block, or all."
+    if regime not in FREEZE_REGIMES: raise MedvisionError(f"unknown freeze regime {regime!r}; choose one of {list(FREEZE_REGIMES)}")
+    if learn.opt is None: learn.create_opt()
+    n = len(learn.opt.param_lists)
+    if regime == 'head+last' and n < 3:
+        raise MedvisionError(f"'head+last' needs at least 3 layer groups (body, last block, head); this model has {n}")
+    if train_bn is not None: learn.train_bn = train_bn
+    if regime == 'all': learn.unfreeze()
+    else: learn.freeze_to(-1 if regime == 'head' else -2)
+    if not learn.train_bn:
+        for o in learn.opt.all_params(slice(None, learn.opt.frozen_idx)): o[0].requires_grad_(False)
+    return learn
+
+# %% ../nbs/30_learner.ipynb #5b4abe40
+import itertools
+from fastai.callback.core import Callback
+
+class _FirstN:
+    "The first `n` batches of DataLoader `dl` (everything else delegated to `dl`)."
+    def __init__(self, dl, n): self.dl,self.n = dl,n
+    def __len__(self): return min(self.n, len(self.dl))
+    def __iter__(self): return itertools.islice(iter(self.dl), len(self))
+    def __getattr__(self, k): return getattr(self.dl, k)
+
+class MaxSteps(Callback):
+    "Train on the first `n_train` batches and validate on the first `n_valid` of each epoch (Keras `steps_per_epoch`)."
+    def __init__(self, n_train:int=None, n_valid:int=None): self.n_train,self.n_valid,self.on = n_train,n_valid,False
+    def before_fit(self): self.on = True
+    def after_fit(self): self.on = False
+    def before_train(self):
+        if self.on and self.n_train: self.learn.dl = _FirstN(self.dl, self.n_train)
+    def before_validate(self):
+        if self.on and self.n_valid: self.learn.dl = _FirstN(self.dl, self.n_valid)
+
+# %% ../nbs/30_learner.ipynb #36c2af11
+def _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find):
+    "'constant': one phase at a fixed rate; 'seed003': head only for `freeze_epochs`, then head + last block."
+    lrs = learn.mv_lrs
+    phases = [('constant', None, epochs, 0)] if schedule == 'constant' else \
+             [('head', 'head', freeze_epochs, 0), ('head+last', 'head+last', epochs, freeze_epochs)]
+    for name,regime,n,off in phases:
+        if not n or start_epoch >= off + n: continue
+        if regime: freeze_regime(learn, regime, train_bn=False)
+        lrs[name] = lr if lr is not None else lrs.get(name) or find(learn)
+        _fit_phase(learn, name, n, lrs[name], off, start_epoch - off, 'fit')
+
+# %% ../nbs/30_learner.ipynb #4cc0674b
+SCHEDULES = ('one_cycle', 'flat_cos', 'seed000', 'constant', 'seed003')
+
+def find_lr(learn, show_plot:bool=False,
+            suggest:str='valley') -> float: # fastai suggestion: 'valley', 'minimum' (seed 000: "el mínimo de pérdida"), 'steep', 'slide'
+    "fastai's `lr_find` suggestion (falls back to `learn.lr` if the finder gives no usable value)."
+    import fastai.callback.schedule as fs
+    try: lr = float(getattr(learn.lr_find(show_plot=show_plot, suggest_funcs=(getattr(fs, suggest),)), suggest))
     except Exception as e: lr = float('nan'); warnings.warn(f"lr_find failed ({e}); using lr={learn.lr}")
     d = Path(learn.path)/learn.model_dir
     if d.is_dir() and not any(d.iterdir()): shutil.rmtree(d, ignore_errors=True)  # lr_find's empty temp folder
@@ -257,9 +313,9 @@ def find_lr(learn, show_plot:bool=False) -> float:
     print(f"lr_find suggests lr={lr:.3g}")
     return lr
 
-def _fit_phase(learn, name, n_epoch, lr, offset, start, fit='fit_one_cycle'):
+def _fit_phase(learn, name, n_epoch, lr, offset, start, fit='fit_one_cycle', **kw):
     learn.mv_phase = {'name': name, 'offset': offset, 'n_epoch': n_epoch}
-    try: getattr(learn, fit)(n_epoch, lr, start_epoch=min(max(start, 0), n_epoch))
+    try: getattr(learn, fit)(n_epoch, lr, start_epoch=min(max(start, 0), n_epoch), **kw)
     finally: learn.mv_phase = None
 
 def fit_schedule(learn:MedvisionLearner,
@@ -268,18 +324,23 @@ def fit_schedule(learn:MedvisionLearner,
                  lr:float=None, # Learning rate; `None` runs `lr_find`
                  freeze_epochs:int=3, # 'seed000': epochs with the body frozen
                  start_epoch:int=0, # Epochs already done (from `resume`)
-                 load_best:bool=True): # Load the best saved weights at the end
+                 load_best:bool=True, # Load the best saved weights at the end
+                 fit_kw:dict=None, # 'one_cycle': `div`, `div_final`, `pct_start`, `moms` (e.g. torch's `OneCycleLR` defaults)
+                 lr_suggest:str='valley'): # Which `lr_find` suggestion `lr=None` uses
     "Train `learn` with the named `schedule`, continuing after `start_epoch` done epochs."
     if schedule not in SCHEDULES: raise MedvisionError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     lrs,sb = learn.mv_lrs,getattr(learn, 'save_best', None)
-    if schedule in ('one_cycle', 'flat_cos'):
+    find_lr_ = (lambda l: l.suggest_lr()) if lr_suggest == 'valley' else partial(find_lr, suggest=lr_suggest)
+    if schedule in ('constant', 'seed003'): _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find_lr_)
+    elif schedule in ('one_cycle', 'flat_cos'):
         if start_epoch < epochs:
-            lrs[schedule] = lr if lr is not None else lrs.get(schedule) or learn.suggest_lr()
-            _fit_phase(learn, schedule, epochs, lrs[schedule], 0, start_epoch, 'fit_'+schedule)
+            lrs[schedule] = lr if lr is not None else lrs.get(schedule) or find_lr_(learn)
+            _fit_phase(learn, schedule, epochs, lrs[schedule], 0, start_epoch, 'fit_'+schedule,
+                       **(fit_kw or {} if schedule == 'one_cycle' else {}))
     else:
         if freeze_epochs and start_epoch < freeze_epochs:
             if start_epoch == 0: learn.freeze()
-            lrs['frozen'] = lr if lr is not None else lrs.get('frozen') or learn.suggest_lr()
+            lrs['frozen'] = lr if lr is not None else lrs.get('frozen') or find_lr_(learn)
             old = sb.load_best if sb is not None else None
             if sb is not None: sb.load_best = False  # phase 2 continues from the last weights, as in seed 000
             try: _fit_phase(learn, 'frozen', freeze_epochs, lrs['frozen'], 0, start_epoch)
@@ -288,7 +349,7 @@ def fit_schedule(learn:MedvisionLearner,
         if start_epoch < freeze_epochs + epochs:
             if 'unfrozen' not in lrs:  # phase 2 has not started yet
                 learn.unfreeze()
-                lrs['unfrozen'] = lr if lr is not None else learn.suggest_lr()
+                lrs['unfrozen'] = lr if lr is not None else find_lr_(learn)
             top = lrs['unfrozen']
             _fit_phase(learn, 'unfrozen', epochs, slice(top/100, top), freeze_epochs, start_epoch - freeze_epochs)
     if load_best and sb is not None and sb.best_epoch is not None and sb.fname.exists(): load_weights(learn.model, sb.fname)

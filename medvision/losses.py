@@ -6,13 +6,14 @@ Docs: https://medvision-dev.github.io/medvision/losses.html.md"""
 
 # %% ../nbs/21_losses.ipynb #59625ab5
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .core import MedvisionError
 
 # %% auto #0
-__all__ = ['FocalLoss', 'DiceLoss', 'SegLoss']
+__all__ = ['FocalLoss', 'DiceLoss', 'smp_focal_loss', 'smp_dice_loss', 'balanced_weights', 'SegLoss']
 
 # %% ../nbs/21_losses.ipynb #4295b45b
 def _prep(inp, targ):
@@ -94,6 +95,31 @@ class DiceLoss(_SegLossBase):
         inp, targ = _prep(inp, targ)
         return _dice_from(F.softmax(inp, dim=1), targ, self.smooth, self.reduction)
 
+# %% ../nbs/21_losses.ipynb #0e4a2695
+def smp_focal_loss(inp, targ, gamma:float=2.0):
+    "smp `FocalLoss(mode='multiclass', gamma)`: per-class sigmoid focal, mean over pixels, then over classes."
+    inp, targ = _prep(inp, targ)
+    per_class = []
+    for c in range(inp.shape[1]):
+        logpt = F.binary_cross_entropy_with_logits(inp[:, c], (targ == c).float(), reduction='none')
+        per_class.append(((1 - torch.exp(-logpt)).pow(gamma) * logpt).mean())
+    return torch.stack(per_class).mean()
+
+def smp_dice_loss(inp, targ, eps:float=1e-7):
+    "smp `DiceLoss(mode='multiclass')`: 1 - batch soft Dice per class, classes absent from the truth count 0, mean."
+    inp, targ = _prep(inp, targ)
+    p = F.softmax(inp, dim=1).flatten(2)
+    t = F.one_hot(targ.flatten(1), inp.shape[1]).permute(0, 2, 1).to(p.dtype)
+    inter, card = (p*t).sum((0, 2)), (p + t).sum((0, 2))
+    loss = 1 - (2*inter / card.clamp_min(eps))
+    return (loss * (t.sum((0, 2)) > 0).to(loss.dtype)).mean()
+
+def balanced_weights(counts): # Pixel (or sample) count per class
+    "scikit-learn's 'balanced' class weights `n / (C·n_c)` over the C present classes; absent classes get 1."
+    c = np.asarray(counts, dtype=np.float64)
+    w = c.sum() / (max(int((c > 0).sum()), 1) * np.where(c > 0, c, 1))
+    return np.where(c > 0, w, 1.).astype(np.float32)
+
 # %% ../nbs/21_losses.ipynb #b18e6261
 class SegLoss(_SegLossBase):
     "`ce`·CrossEntropy + `dice`·SoftDice + `focal`·Focal(`gamma`) on logits `(B,C,H,W)` and index masks `(B,H,W)`."
@@ -103,8 +129,12 @@ class SegLoss(_SegLossBase):
                  gamma:float=2.0, # Focal focusing parameter
                  weight=None, # Optional per-class weights for CE and focal (length C)
                  smooth:float=1.0, # Dice smoothing
-                 reduction:str='mean'): # 'mean', 'sum' or 'none' (one loss per image)
+                 reduction:str='mean', # 'mean', 'sum' or 'none' (one loss per image)
+                 style:str='medvision'): # 'smp': Dice and Focal as smp's multiclass losses (unweighted focal, seed 004)
         super().__init__()
+        if style not in ('medvision', 'smp'): raise MedvisionError(f"style must be 'medvision' or 'smp', got {style!r}", 'SegLoss')
+        if style == 'smp' and reduction != 'mean': raise MedvisionError("style='smp' supports reduction='mean' only", 'SegLoss')
+        self.style = style
         if min(ce, dice, focal) < 0 or ce + dice + focal == 0:
             raise MedvisionError(f"loss factors must be >= 0 and not all 0, got ce={ce}, dice={dice}, focal={focal}", 'SegLoss')
         self.ce, self.dice, self.focal, self.gamma, self.smooth = ce, dice, focal, gamma, smooth
@@ -115,6 +145,7 @@ class SegLoss(_SegLossBase):
         inp, targ = _prep(inp, targ)
         if self.weight is not None and len(self.weight) != inp.shape[1]:
             raise MedvisionError(f"{len(self.weight)} class weights for {inp.shape[1]} classes", 'SegLoss')
+        if self.style == 'smp': return self._smp(inp, targ)
         loss = 0.
         if self.ce or self.focal:  # one log-softmax shared by both terms
             logpt, wt = _true_logp(inp, targ, self.weight)
@@ -123,6 +154,13 @@ class SegLoss(_SegLossBase):
         if self.dice: loss = loss + self.dice * _dice_from(F.softmax(inp, dim=1), targ, self.smooth, self.reduction)
         return loss
 
+    def _smp(self, inp, targ):
+        loss = 0.
+        if self.ce: loss = loss + self.ce * _focal_from(*_true_logp(inp, targ, self.weight), 0., 'mean')
+        if self.dice: loss = loss + self.dice * smp_dice_loss(inp, targ)
+        if self.focal: loss = loss + self.focal * smp_focal_loss(inp, targ, self.gamma)
+        return loss
+
     def __repr__(self):
         w = None if self.weight is None else [round(float(v), 4) for v in self.weight]
-        return f"SegLoss(ce={self.ce}, dice={self.dice}, focal={self.focal}, gamma={self.gamma}, weight={w}, smooth={self.smooth})"
+        return f"SegLoss(ce={self.ce}, dice={self.dice}, focal={self.focal}, gamma={self.gamma}, weight={w}, smooth={self.smooth}" + (", style='smp')" if self.style == 'smp' else ")")

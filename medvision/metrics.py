@@ -14,9 +14,10 @@ from fastai.learner import Metric
 from .core import MedvisionError
 
 # %% auto #0
-__all__ = ['seg_confusion', 'seg_scores', 'seg_summary', 'per_image_scores', 'SegConfMetric', 'DiceScore', 'IoUScore', 'MeanIoU',
-           'MeanDice', 'ForegroundDice', 'ForegroundIoU', 'PerImageDice', 'macro_f1', 'weighted_f1', 'multilabel_f1',
-           'classification_report_df', 'print_report', 'best_threshold']
+__all__ = ['MIOU_RULES', 'seg_confusion', 'seg_scores', 'seg_summary', 'per_image_scores', 'SegConfMetric', 'DiceScore',
+           'IoUScore', 'MeanIoU', 'MeanDice', 'ForegroundDice', 'ForegroundIoU', 'PerImageDice', 'PresentMeanIoU',
+           'BatchMeanDice', 'macro_f1', 'weighted_f1', 'multilabel_f1', 'classification_report_df', 'print_report',
+           'best_threshold']
 
 # %% ../nbs/22_metrics.ipynb #c5dbd833
 def _plain(x): return (x.as_subclass(Tensor) if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))).detach()
@@ -169,6 +170,12 @@ class _MeanScore(SegConfMetric):
 class MeanIoU(_MeanScore):
     "Set-level mean IoU over `classes` (all by default); classes absent from truth and prediction are skipped."
     key, default = 'iou', 'miou'
+    def __new__(cls, *args, rule:str='set', **kwargs): # 'set' (default) or 'present' (seed 001, per image)
+        if rule not in MIOU_RULES: raise MedvisionError(f"unknown mIoU rule {rule!r}; choose one of {list(MIOU_RULES)}", 'MeanIoU')
+        if rule == 'present' and cls is MeanIoU: return PresentMeanIoU(*args, **kwargs)
+        return super().__new__(cls)
+    def __init__(self, classes=None, ignore_absent:bool=True, name:str=None, n_classes:int=None, rule:str='set'):
+        super().__init__(classes, ignore_absent, name, n_classes)
 
 class MeanDice(_MeanScore):
     "Set-level mean Dice over `classes` (all by default); classes absent from truth and prediction are skipped."
@@ -208,6 +215,48 @@ class PerImageDice(Metric):
         with np.errstate(invalid='ignore', divide='ignore'): v = self.sums / self.counts
         if self.classes is not None: v = np.array([_pick(v, c) for c in self.classes])
         return _nanmean(v)
+    @property
+    def name(self): return self._name
+
+# %% ../nbs/22_metrics.ipynb #31edd410
+MIOU_RULES = ('set', 'present')
+
+class PresentMeanIoU(Metric):
+    "Seed 001's mIoU: per image the mean IoU over classes present in its truth, then the mean over images."
+    def __init__(self, classes=None, name:str='miou_present', n_classes:int=None):
+        self.classes,self._name,self.n_classes = (None if classes is None else list(classes)),name,n_classes
+        self.reset()
+    def reset(self): self.sums,self.counts = np.zeros(1),np.zeros(1)
+    def accumulate(self, learn): self.accum(learn.pred, learn.y)
+    def accum(self, pred, targ):
+        pred, targ, n = _seg_index(pred, targ)
+        s = _scores(_conf_from(pred, targ, self.n_classes or n, batched=True))
+        iou = np.where(s['support'] > 0, s['iou'], np.nan)
+        if self.classes is not None: iou = iou[:, [c for c in self.classes if c < iou.shape[1]]]
+        ok = ~np.isnan(iou).all(1)
+        with np.errstate(invalid='ignore'): m = np.nanmean(iou[ok], 1) if ok.any() else np.zeros(0)
+        self.sums,self.counts = self.sums + m.sum(),self.counts + len(m)
+    def __call__(self, pred, targ): self.reset(); self.accum(pred, targ); return self.value
+    @property
+    def value(self): return float(self.sums[0]/self.counts[0]) if self.counts[0] else float('nan')
+    @property
+    def name(self): return self._name
+
+class BatchMeanDice(Metric):
+    "Seed 004's monitor: per batch each class's Dice (1 if absent from truth and prediction), mean over batches and classes."
+    def __init__(self, n_classes:int=None, name:str='batch_mean_dice'):
+        self.n_classes,self._name = n_classes,name
+        self.reset()
+    def reset(self): self.sums,self.counts = np.zeros(0),np.zeros(1)
+    def accumulate(self, learn): self.accum(learn.pred, learn.y)
+    def accum(self, pred, targ):
+        pred, targ, n = _seg_index(pred, targ)
+        d = np.nan_to_num(_scores(_conf_from(pred, targ, self.n_classes or n))['dice'], nan=1.0)
+        k = max(len(d), len(self.sums))
+        self.sums,self.counts = np.pad(self.sums, (0, k-len(self.sums))) + np.pad(d, (0, k-len(d))),self.counts + 1
+    def __call__(self, pred, targ): self.reset(); self.accum(pred, targ); return self.value
+    @property
+    def value(self): return float((self.sums/self.counts[0]).mean()) if self.counts[0] else float('nan')
     @property
     def name(self): return self._name
 

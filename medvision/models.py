@@ -21,8 +21,8 @@ from .core import MedvisionError, check_exists, atomic_write
 __all__ = ['TASKS', 'WEIGHTS_ENV', 'WEIGHT_EXTS', 'WEIGHT_PACKAGES', 'log', 'register_model', 'list_models', 'model_info',
            'weights_cache_dirs', 'weights_source', 'weights_module', 'weights_part', 'read_weights', 'convert_weights',
            'load_pretrained', 'weights_dirs', 'weights_candidates', 'find_weights', 'resolve_weights', 'create_model',
-           'smp_splitter', 'chestct_cnn', 'mri_cnn', 'save_weights_file', 'export_weights', 'import_weights',
-           'weights_table']
+           'smp_splitter', 'chestct_cnn', 'mri_cnn', 'seed003_cnn', 'seed002_cnn', 'save_weights_file',
+           'export_weights', 'import_weights', 'weights_table']
 
 # %% ../nbs/20_models.ipynb #d2769cd4
 _REGISTRY: dict[str, dict] = {}
@@ -379,6 +379,87 @@ def mri_cnn(n_in=3, n_out=3, pretrained=False, dropout=None):
     head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128*16, 128), nn.ReLU(inplace=True),
                          nn.Dropout(0.5 if dropout is None else dropout), nn.Linear(128, n_out))
     return nn.Sequential(body, head)
+
+# %% ../nbs/20_models.ipynb #230d51e4
+def _keras_init(m):
+    "Keras defaults: Glorot-uniform kernels, zero biases."
+    for l in m.modules():
+        if isinstance(l, (nn.Conv2d, nn.Linear)): nn.init.xavier_uniform_(l.weight); nn.init.zeros_(l.bias)
+    return m
+
+@register_model('seed003-cnn', task='classification', family='scratch', default_size=224, min_size=32,
+                has_pretrained=False, desc="seed 003 baseline exactly: 5 conv blocks + Flatten 25088->512->256->n (14.5 M)")
+def seed003_cnn(n_in=1, n_out=4, pretrained=False, dropout=None):
+    "Seed 003's printed CNN as `nn.Sequential(body, head)`."
+    chans = [n_in, 32, 64, 128, 256, 512]
+    body = nn.Sequential(*[_conv_block(a, b, bn=True) for a,b in zip(chans[:-1], chans[1:])], nn.Dropout2d(0.15))
+    for blk in body[:5]: blk[0] = nn.Conv2d(blk[0].in_channels, blk[0].out_channels, 3, padding='same')  # bias=True as printed
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(25088, 512), nn.ReLU(),
+                         nn.Dropout(0.4 if dropout is None else dropout), nn.Linear(512, 256), nn.ReLU(),
+                         nn.Dropout(0.25), nn.Linear(256, n_out))
+    return nn.Sequential(body, head)
+
+@register_model('seed002-cnn', task='classification', family='scratch', default_size=150, min_size=16,
+                has_pretrained=False, desc="seed 002 final Keras CNN exactly: conv 32 3x3 + 3x conv 64 2x2, dense 512/256/128")
+def seed002_cnn(n_in=3, n_out=3, pretrained=False, dropout=None):
+    "Seed 002's Keras `Sequential` (ReLU convs, `same` padding, valid 2×2 pooling) as `nn.Sequential(body, head)`."
+    p = 0.5 if dropout is None else dropout
+    convs = [nn.Conv2d(n_in, 32, 3, padding='same')] + [nn.Conv2d(a, 64, 2, padding='same') for a in (32, 64, 64)]
+    body = nn.Sequential(*[nn.Sequential(c, nn.ReLU(), nn.MaxPool2d(2)) for c in convs])
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(9), nn.Flatten(), nn.Linear(9*9*64, 512), nn.ReLU(), nn.Dropout(p),
+                         nn.Linear(512, 256), nn.ReLU(), nn.Dropout(p), nn.Linear(256, 128), nn.ReLU(), nn.Dropout(p),
+                         nn.Linear(128, n_out))
+    return _keras_init(nn.Sequential(body, head))
+
+# %% ../nbs/20_models.ipynb #62607827
+def _tv_first_conv(conv, n_in):
+    "`conv` taking `n_in` channels: RGB weights summed (n_in=1) or repeated and rescaled."
+    if n_in == 3: return conv
+    w = conv.weight.detach()
+    new = nn.Conv2d(n_in, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad(): new.weight.copy_(w.sum(1, keepdim=True).repeat(1, n_in, 1, 1) * (1 if n_in == 1 else 3/n_in))
+    return new
+
+def _tv_groups(m, last):
+    "Three layer groups: body up to the last block, the last block, the classifier(s)."
+    heads = [m.fc] + ([m.AuxLogits.fc] if getattr(m, 'AuxLogits', None) is not None else [])
+    hp = set(id(p) for h in heads for p in h.parameters())
+    lp = [p for p in getattr(m, last).parameters()]
+    lid = set(map(id, lp))
+    return [[p for p in m.parameters() if id(p) not in hp | lid], lp, [p for h in heads for p in h.parameters()]]
+
+class _TVNet(nn.Module):
+    "A torchvision classifier returning the main logits (Inception's auxiliary classifier is kept but not run)."
+    def __init__(self, m, last): super().__init__(); self.m,self.last = m,last
+    def forward(self, x):
+        aux = getattr(self.m, 'AuxLogits', None)
+        if aux is not None: self.m.AuxLogits = None   # its loss is not the seed's; skipping it also allows small inputs
+        try: y = self.m(x)
+        finally:
+            if aux is not None: self.m.AuxLogits = aux
+        return y.logits if hasattr(y, 'logits') else y
+    def splitter(self, m=None): return _tv_groups(self.m, self.last)
+
+def _tv_builder(arch, last, first, **kw):
+    def build(n_in, n_out, pretrained, dropout):
+        import torchvision
+        m = getattr(torchvision.models, arch)(weights='DEFAULT' if pretrained else None, **kw)
+        m.fc = nn.Linear(m.fc.in_features, n_out)
+        if getattr(m, 'AuxLogits', None) is not None: m.AuxLogits.fc = nn.Linear(m.AuxLogits.fc.in_features, n_out)
+        mod,attr = (m.Conv2d_1a_3x3, 'conv') if first == 'inception' else (m, 'conv1')
+        setattr(mod, attr, _tv_first_conv(getattr(mod, attr), n_in))
+        return _TVNet(m, last)
+    build.__name__ = f"tv_{arch}"
+    return build
+
+for _name,_arch,_last,_sz,_kw in [('tv-resnet50', 'resnet50', 'layer4', 224, {}),
+                                  ('tv-inception3', 'inception_v3', 'Mixed_7c', 299, {'aux_logits': True, 'init_weights': False})]:
+    register_model(_name, _tv_builder(_arch, _last, 'inception' if 'inception' in _arch else 'resnet', **_kw),
+                   task='classification', family='torchvision', default_size=_sz, min_size=75 if _sz == 299 else 32,
+                   splitter=lambda m: m.splitter(), stats=_IMAGENET, desc=f"torchvision {_arch}, groups: body / {_last} / fc")
+register_model('unetpp-timm-effb3', _smp_builder('UnetPlusPlus', 'timm-efficientnet-b3'), task='segmentation',
+               family='smp-unetplusplus', default_size=384, min_size=32, size_div=32, splitter=smp_splitter, stats=_IMAGENET,
+               desc="smp.UnetPlusPlus with the timm-efficientnet-b3 encoder (seed 004's exact encoder name)")
 
 # %% ../nbs/20_models.ipynb #c07d3497
 def save_weights_file(sd:dict, # Tensors to write

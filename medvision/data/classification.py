@@ -19,9 +19,9 @@ from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
 __all__ = ['AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items', 'oversample',
-           'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset', 'classification_dls',
-           'parse_target', 'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct',
-           'inference_dl']
+           'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset', 'TorchvisionTfm',
+           'keras_affine_mat', 'faithful_preset', 'classification_dls', 'parse_target', 'read_unifesp', 'chestct_class',
+           'split_folders', 'read_class_folders', 'read_chestct', 'inference_dl']
 
 # %% ../../nbs/11_data.classification.ipynb #a452c00d
 def finish_items(df:pd.DataFrame, classes, layout:str, split_name:str=None):
@@ -134,11 +134,13 @@ class GaussianNoise(Transform):
     "Add N(0, `sigma`²) noise to a [0,1] float `TensorImage` and clip to [0,1]; training only; labels and masks pass through."
     split_idx,order = 0,50   # after IntToFloatTensor (10) and the affine transforms, before Normalize (99)
     def __init__(self, sigma:float=0.1, # Standard deviation on the [0,1] scale
-                 p:float=1.0): # Probability of noising a batch
-        super().__init__(); self.sigma,self.p = sigma,p
+                 p:float=1.0, # Probability of noising a batch
+                 clip:bool=True): # Clip to [0, 1] (Keras does not)
+        super().__init__(); self.sigma,self.p,self.clip = sigma,p,clip
     def encodes(self, x:TensorImage):
         if self.p < 1 and torch.rand(()) > self.p: return x
-        return (x + torch.randn_like(x)*self.sigma).clamp(0,1)
+        x = x + torch.randn_like(x)*self.sigma
+        return x.clamp(0,1) if self.clip else x
 
 def shear_mat(x:torch.Tensor, max_shear:float=0.2, p:float=0.5, draw=None, batch:bool=False):
     "Random horizontal shear affine matrices with factor in `[-max_shear, max_shear]`."
@@ -154,7 +156,7 @@ class Shear(AffineCoordTfm):
         super().__init__(aff_fs=partial(shear_mat, max_shear=max_shear, p=p, draw=draw, batch=batch),
                          size=size, mode=mode, pad_mode=pad_mode, align_corners=align_corners)
 
-AUG_PRESETS = ('seed000', 'seed002', 'seed003', 'none')
+AUG_PRESETS = ('seed000', 'seed002', 'seed003', 'none', 'seed000-faithful', 'seed002-faithful', 'seed003-faithful')
 
 def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
                size:int=224, # Output size in pixels
@@ -166,6 +168,7 @@ def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
     methods = dict(crop=ResizeMethod.Crop, pad=ResizeMethod.Pad, squish=ResizeMethod.Squish)
     if resize not in methods: raise MedvisionError(f"unknown resize {resize!r}: use 'crop', 'pad' or 'squish'")
     item = [Resize(size, method=methods[resize], pad_mode=PadMode.Zeros)]
+    if name.endswith('-faithful'): return faithful_preset(name, size, item, n_channels, normalize)
     if name == 'seed000':
         item.append(RandomResizedCrop(size, min_scale=0.6))
         batch = aug_transforms(flip_vert=True, max_warp=0.2, max_rotate=30, max_zoom=1.5, max_lighting=0.4)
@@ -179,6 +182,41 @@ def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
         batch.append(Normalize.from_stats(m, s))
     elif normalize:
         batch.append(Normalize.from_stats(*imagenet_stats) if n_channels == 3 else Normalize.from_stats([0.5]*n_channels, [0.25]*n_channels))
+    return item, batch
+
+# %% ../../nbs/11_data.classification.ipynb #d03f67ea
+from PIL import Image as _PILImage
+
+class TorchvisionTfm(Transform):
+    "A torchvision PIL transform as a fastai item transform (training only); labels pass through."
+    split_idx,order = 0,2   # after Resize (1)
+    def __init__(self, tfm): self.tfm = tfm
+    def encodes(self, x:PILImage): return type(x).create(np.asarray(self.tfm(x)))
+
+def keras_affine_mat(x, shear_deg:float=0.2, zoom=(0.8, 1.2)):
+    "Keras `ImageDataGenerator`'s shear (degrees) @ zoom (independent x/y) matrices, in fastai's (x, y) order."
+    n = x.size(0)
+    s = torch.deg2rad(x.new_empty(n).uniform_(-shear_deg, shear_deg))
+    zx,zy = x.new_empty(n).uniform_(*zoom),x.new_empty(n).uniform_(*zoom)   # Keras: zx scales rows, zy columns
+    zero = torch.zeros_like(s)
+    return affine_mat(torch.cos(s)*zy, zero, zero, -torch.sin(s)*zy, zx, zero)
+
+def faithful_preset(name, size, item, n_channels=1, normalize=True):
+    "`(item_tfms, batch_tfms)` of the `*-faithful` presets (see above)."
+    if name == 'seed000-faithful':
+        item = item + [RandomResizedCrop(size, min_scale=0.6, max_scale=1.4)]
+        batch = aug_transforms(flip_vert=True, max_warp=0.2, max_rotate=30, max_zoom=1.5, max_lighting=0.4)
+        if normalize: batch.append(Normalize.from_stats(*imagenet_stats))
+    elif name == 'seed002-faithful':
+        item = [Resize(size, method=ResizeMethod.Squish, resamples=(_PILImage.NEAREST, _PILImage.NEAREST))]
+        batch = [AffineCoordTfm(aff_fs=partial(keras_affine_mat, shear_deg=0.2, zoom=(0.8, 1.2)), pad_mode=PadMode.Border), Flip(p=0.5),
+                 GaussianNoise(0.1/255, clip=False)]
+    elif name == 'seed003-faithful':
+        import torchvision.transforms as T
+        item = item + [TorchvisionTfm(T.Compose([T.RandomHorizontalFlip(p=0.5), T.RandomRotation(10),
+                                                 T.ColorJitter(brightness=0.1, contrast=0.1)]))]
+        batch = [Normalize.from_stats([0.5]*n_channels, [0.5]*n_channels)] if normalize else []
+    else: raise MedvisionError(f"unknown augmentation preset {name!r}; valid: {', '.join(AUG_PRESETS)}")
     return item, batch
 
 # %% ../../nbs/11_data.classification.ipynb #c947bef7

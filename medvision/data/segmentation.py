@@ -18,7 +18,7 @@ from .seg_layouts import SegItem, SegSource, open_source, detect_layout, SEG_LAY
 
 # %% auto #0
 __all__ = ['SPLITS', 'split_seed001', 'split_grouped', 'split_blocks', 'split_random', 'seg_split', 'TensorCT', 'ReadSlice',
-           'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'lesion_weights', 'ItemCache', 'seg_dataloaders']
+           'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'Seed004Augs', 'lesion_weights', 'ItemCache', 'seg_dataloaders']
 
 # %% ../../nbs/10_data.segmentation.ipynb #73b7661d
 def _vol_groups(items):
@@ -142,6 +142,47 @@ def seg_augs(max_rotate:float=180., # Degrees either way (180 = any rotation)
                           max_warp=max_warp, max_lighting=max_lighting, p_affine=p_affine, p_lighting=p_lighting,
                           pad_mode=PadMode.Reflection)
 
+# %% ../../nbs/10_data.segmentation.ipynb #9bedbd51
+from fastai.vision.augment import RandTransform
+from fastcore.basics import store_attr
+
+class Seed004Augs(RandTransform):
+    "Seed 004's albumentations list on `(TensorCT, TensorMask)` items, one draw per item (training only)."
+    split_idx,order = 0,6   # after ResizeSeg (5)
+    def __init__(self, p_hflip=.5, p_vflip=.3, p_rot90=.3, p_affine=.4, scale=(.95, 1.05), rotate=10., shear=5.,
+                 translate=(0., .03), p_bc=.2, brightness=.1, contrast=.1, bc_clip:bool=True):
+        super().__init__(p=1.)
+        store_attr()
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        r = lambda a=0., z=1.: float(np.random.uniform(a, z))
+        self.hf,self.vf = r() < self.p_hflip,r() < self.p_vflip
+        self.k = int(np.random.randint(4)) if r() < self.p_rot90 else 0
+        self.aff = (r(*self.scale), r(-self.rotate, self.rotate), r(-self.shear, self.shear), r(-self.shear, self.shear),
+                    r(*self.translate), r(*self.translate)) if r() < self.p_affine else None
+        self.bc = (1 + r(-self.contrast, self.contrast), r(-self.brightness, self.brightness)) if r() < self.p_bc else None
+    def _geom(self, x, mode):
+        if self.hf: x = x.flip(-1)
+        if self.vf: x = x.flip(-2)
+        if self.k: x = torch.rot90(x, self.k, (-2, -1))
+        if self.aff is None: return x
+        s,rot,shx,shy,tx,ty = self.aff
+        a,hx,hy = np.deg2rad(rot),np.tan(np.deg2rad(shx)),np.tan(np.deg2rad(shy))
+        m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.array([[1, hx], [hy, 1]]) * s
+        inv = np.linalg.inv(m)   # grid_sample maps output → input coordinates
+        theta = torch.tensor([[inv[0,0], inv[0,1], -2*tx], [inv[1,0], inv[1,1], -2*ty]], dtype=torch.float32)
+        grid = F.affine_grid(theta[None], (1, *x.shape[-3:]) if x.ndim == 3 else (1, 1, *x.shape), align_corners=False)
+        xi = x[None].float() if x.ndim == 3 else x[None, None].float()
+        y = F.grid_sample(xi, grid, mode=mode, padding_mode='zeros', align_corners=False)
+        return y[0] if x.ndim == 3 else y[0, 0].to(x.dtype)
+    def encodes(self, x:TensorImage):
+        y = self._geom(x.as_subclass(torch.Tensor), 'bilinear')
+        if self.bc is not None:
+            y = y*self.bc[0] + self.bc[1]
+            if self.bc_clip: y = y.clamp(0, 1)
+        return type(x)(y)
+    def encodes(self, x:TensorMask): return TensorMask(self._geom(x.as_subclass(torch.Tensor), 'nearest'))
+
 # %% ../../nbs/10_data.segmentation.ipynb #4c8febb3
 def lesion_weights(source:SegSource, items, # The training `SegItem`s
                    weight:float=3.): # Weight of a slice with any lesion pixel (others: 1)
@@ -196,6 +237,8 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
                     seed:int=42, # Seed of the split
                     augs=True, # True: `seg_augs()`; False/None: none; or a list of batch tfms
                     lesion_weight:float=None, # e.g. 3: lesion slices drawn 3× as often (seed 004)
+                    weights=None, # Explicit sampling weight per training item (instead of `lesion_weight`)
+                    item_augs=None, # Random item transforms after the resize (e.g. `[Seed004Augs()]`); turns the cache off
                     context:int=0, # 2.5D: neighbours each side stacked as channels (in-volume only)
                     n_stats:int=32, # Training slices used for the mean/std
                     stats=None, # Fixed `(mean, std)` (e.g. a trained model's) instead of computing them
@@ -216,15 +259,16 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
     if getattr(norm, 'order', 0) < 90: norm.order = 99
     aug = seg_augs() if augs is True else list(augs or [])
     bs = max(1, min(bs, len(tr)))
-    kw = dict(bs=bs, after_item=[ResizeSeg(size)], after_batch=[*aug, norm, AsCT()], num_workers=num_workers, device=device, **kwargs)
-    if lesion_weight: dls = dsets.weighted_dataloaders(lesion_weights(src, [items[i] for i in tr], lesion_weight), **kw)
+    kw = dict(bs=bs, after_item=[ResizeSeg(size), *(item_augs or [])], after_batch=[*aug, norm, AsCT()], num_workers=num_workers, device=device, **kwargs)
+    if weights is not None: dls = dsets.weighted_dataloaders(np.asarray(weights, dtype=float), **kw)
+    elif lesion_weight: dls = dsets.weighted_dataloaders(lesion_weights(src, [items[i] for i in tr], lesion_weight), **kw)
     else: dls = dsets.dataloaders(**kw)
     dls.source,dls.layout,dls.split_name,dls.classes,dls.n_fg = src,src.layout,name,list(src.classes),src.n_fg
     dls.n_in,dls.window,dls.stats,dls.context,dls.size = 2*context+1,tuple(src.window),(mean,std),context,size
     dls.train_items,dls.valid_items = [items[i] for i in tr],[items[i] for i in va]
     dls.lesion_weight = lesion_weight
     for dl in dls.loaders: dl.split_name,dl.classes,dl.n_fg = name,dls.classes,dls.n_fg
-    if cache_mb is None: cache_mb = 0 if num_workers else 1024
+    if cache_mb is None: cache_mb = 0 if num_workers or item_augs else 1024
     if cache_mb:
         cache = ItemCache(cache_mb)
         for dl in dls.loaders: cache.attach(dl)

@@ -16,14 +16,14 @@ from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyF
 from ..core import MedvisionError, atomic_write_text
 from ..models import create_model, model_info
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
-from ..data.classification import read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
+from ..data.classification import split_items, read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
 from ..io import file_role
 from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
 from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
-__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
            'build_metrics', 'evaluate_dl', 'build_test_dl', 'predict_files', 'submission_table', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
@@ -40,6 +40,7 @@ EXTRA = {
     'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
     'num_workers': (int, "DataLoader worker processes (default 0)"),
     'stats': (str, "'model': normalise with the pretrained model's (mean, std) (default: ImageNet for 3 channels, 0.5/0.25 for 1)"),
+    'split_by': (str, "UNIFESP: 'image' splits at random by image (seed 000's fastai RandomSplitter; default: by study)"),
 }
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
@@ -62,12 +63,20 @@ def read_items(recipe:Recipe, data)->pd.DataFrame:
                              f"use one of {list(CLS_LAYOUTS)}")
     return CLS_LAYOUTS[recipe.layout](recipe, data, **kw)
 
+def _read_unifesp(recipe, data, **kw):
+    "UNIFESP items; `extra['split_by']='image'` re-splits at random by image (seed 000's fastai `RandomSplitter`)."
+    df = read_unifesp(data, **kw)
+    if _x(recipe, 'split_by') != 'image' or (df['split'] == 'test').all(): return df
+    out = split_items(df.assign(group=df['path'].astype(str)), kw['valid_pct'], recipe.seed, stratify=False)
+    out.attrs.update(df.attrs, split_name=f"random {kw['valid_pct']:.0%} of the images (fastai RandomSplitter, studies may straddle)")
+    return out.assign(group=df['group'])
+
 def _read_mri(recipe, data, **kw):
     min_fg = _x(recipe, 'min_fg')
     return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw, **({'min_fg': min_fg} if min_fg is not None else {}))
 
 CLS_LAYOUTS = {   # classification layout → its item-table reader (recipe, data, **common options)
-    'unifesp': lambda recipe, data, **kw: read_unifesp(data, **kw),
+    'unifesp': _read_unifesp,
     'chestct': lambda recipe, data, **kw: read_chestct(data, class_map=_x(recipe, 'class_map'), **kw),
     'mri': _read_mri,
 }
@@ -262,11 +271,12 @@ RECIPES = [
     Recipe(name='bodypart-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=32, epochs=10,
            schedule='seed000', freeze_epochs=3, lr=None, sampler='oversample', augs='seed000', pretrained=True, seed=0,
            split='grouped by StudyInstanceUID (20% valid)', extra=dict(opener='xray', resize='crop'),
-           description='UNIFESP X-ray body part (22 classes) from DICOM/PNG with DenseNet-121',
-           reproduces='seed 000: PercentileWindow(1,99) → uint8 RGB, RandomOverSampler on the training split, Resize(224) + '
-                      'RandomResizedCrop(224, 0.6) + aug_transforms(flip_vert, warp .2, rotate 30, zoom 1.5, lighting .4), '
-                      'fastai DenseNet-121: lr_find → fit_one_cycle(3) frozen → unfreeze → lr_find → fit_one_cycle(10) '
-                      'with discriminative LRs, best model on validation macro F1', **_C),
+           description='UNIFESP X-ray body part (22 classes) from DICOM/PNG with DenseNet-121. Based on seed 000 '
+                       '(faithful: seed000-densenet121); deliberately different: split grouped by study (the seed: fastai '
+                       'random 20% of images), RandomResizedCrop max_scale 1.0 (seed 1.4), lr_find valley (seed: minimum), '
+                       'best epoch on macro F1 kept (seed: final weights), batch 32 (fastai default 64)',
+           reproduces='based on seed 000: PercentileWindow(1,99) → uint8 RGB, RandomOverSampler, DenseNet-121, '
+                      'lr_find → fit_one_cycle(3) frozen → unfreeze → fit_one_cycle(10)', **_C),
     Recipe(name='bodypart-multilabel-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=32, epochs=10,
            schedule='seed000', freeze_epochs=3, augs='seed000', pretrained=True, seed=0, monitor='f1_macro', patience=7,
            task='classification', extra=dict(opener='xray', multi_label=True, threshold=0.5),
@@ -274,22 +284,32 @@ RECIPES = [
            reproduces='seed 000 multi-label variant: same pipeline, BCE loss, macro F1 at a tuned threshold'),
     Recipe(name='chestct-cnn', layout='chestct', arch='chestct-cnn', n_in=1, size=224, bs=32, epochs=30, lr=1e-3,
            schedule='flat_cos', augs='seed003', pretrained=False, seed=0, split='official train/valid folders',
-           extra=dict(resize='pad'), description='chest CT cancer type (4 classes), seed 003 baseline CNN from scratch',
-           reproduces='seed 003 baseline: grayscale, aspect-preserving resize with padding, flip/rotate 10°/brightness+contrast .1, '
-                      '5 conv blocks 32→512 (BN, ReLU, max-pool, Dropout2d .15) + 512→256→4 head (dropout .4/.25), Adam at 1e-3 (as AdamW, held then cosine-annealed)', **_C),
+           extra=dict(resize='pad'), description='chest CT cancer type (4 classes), small CNN from scratch. Based on seed '
+                       '003 (faithful: seed003-cnn); deliberately different: global-average-pool head, 1.70 M parameters (seed: '
+                       'Flatten 25 088→512, 14.5 M), Dropout2d .15 after every block (seed: one), Normalize std 0.25 (seed 0.5), '
+                       'fastai flip/rotate/lighting with p .5 (seed: torchvision on every image), AdamW wd 1e-2 flat_cos (seed: '
+                       'optimiser not stated), best model on macro F1 with patience 7 (seed: early stopping, patience not stated)',
+           reproduces='based on seed 003 baseline: grayscale, aspect-preserving pad to 224, 5 conv blocks 32→512 + 256-unit head', **_C),
     Recipe(name='chestct-resnet50', layout='chestct', arch='resnet50', n_in=1, size=224, bs=32, epochs=10,
            schedule='seed000', freeze_epochs=3, augs='seed003', pretrained=True, seed=0, split='official train/valid folders',
-           extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet ResNet-50 (frozen, then fine-tuned)',
-           reproduces='seed 003 transfer-learning run with ResNet-50 (same data pipeline as chestct-cnn)', **_C),
+           extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet ResNet-50. Based on seed 003 '
+                       '(faithful: seed003-resnet50); deliberately different: timm body + fastai head, the seed000 schedule '
+                       '(head, then the whole body with discriminative LRs; seed: FC, then FC + last conv block), chestct-cnn\'s data pipeline',
+           reproduces='based on seed 003 transfer-learning run with ResNet-50', **_C),
     Recipe(name='chestct-inception3', layout='chestct', arch='inception_v3', n_in=1, size=299, bs=32, epochs=10,
            schedule='seed000', freeze_epochs=3, augs='seed003', pretrained=True, seed=0, split='official train/valid folders',
-           extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet Inception-V3 at 299 px',
-           reproduces='seed 003 transfer-learning run with Inception-V3 (same data pipeline as chestct-cnn)', **_C),
+           extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet Inception-V3 at 299 px. Based on '
+                       'seed 003 (faithful: seed003-inception3); deliberately different: timm body without the auxiliary '
+                       'classifier + fastai head, the seed000 schedule (seed: FC, then FC + last block), chestct-cnn\'s data pipeline',
+           reproduces='based on seed 003 transfer-learning run with Inception-V3', **_C),
     Recipe(name='mri-cnn', layout='mri', arch='mri-cnn', n_in=1, size=128, bs=32, epochs=15, lr=1e-3, schedule='flat_cos',
            augs='seed002', pretrained=False, seed=0, split='official folders, else grouped by case',
-           description='MRI sequence (T1/T2/FLAIR) from slices, seed 002 small CNN; NIfTI volumes voted over slices',
-           reproduces='seed 002: small Keras-style CNN (3 conv blocks 32/64/128 + dense 128), shear .2, zoom .2, horizontal flip, '
-                      'Gaussian noise σ=.1, Adam at 1e-3 (as AdamW, held then cosine-annealed); T1C excluded (extra include_t1c=True adds it)', **_C),
+           description='MRI sequence (T1/T2/FLAIR) from slices with a small CNN; NIfTI volumes voted over slices. Based on '
+                       'seed 002 (faithful: seed002-cnn); deliberately different: 3 conv blocks 32/64/128 + dense 128 at 128 px '
+                       '(seed: conv 32 3×3 + 3× conv 64 2×2, dense 512/256/128, 150 px), shear factor .2 (seed: 0.2°), noise '
+                       'σ .1 on [0, 1] (seed: σ .1 on 0–255, 255× weaker), AdamW flat_cos (seed: Adam constant 1e-3), macro F1 '
+                       'with patience 7 (seed: val loss, patience 10), whole epochs (seed: 90 steps)',
+           reproduces='based on seed 002: small CNN on slices, shear/zoom/flip/noise, Adam 1e-3; T1C excluded (extra include_t1c=True adds it)', **_C),
     # CPU-sized variants for demos and tests
     Recipe(name='bodypart-tiny', layout='unifesp', arch='resnet18', n_in=3, size=64, bs=16, epochs=3, lr=2e-3,
            schedule='one_cycle', sampler='oversample', augs='seed000', pretrained=False, seed=0,
@@ -324,3 +344,53 @@ RECIPES = [
            reproduces='seed 002 task and augmentations with a packaged-weights backbone', **_C),
 ]
 for _r in RECIPES: register_recipe(_r)
+
+# %% ../../nbs/52_recipes.classification.ipynb #320d9523
+_TORCH_ADAM = dict(mom=0.9, sqr_mom=0.999, eps=1e-8, wd_bn_bias=True)
+_S3 = dict(task='classification', layout='chestct', n_in=1, bs=32, lr=1e-3, wd=0., monitor='valid_loss', patience=7,
+           augs='seed003-faithful', seed=0, split='official train/valid folders')
+_S3_WHY = ('grayscale, ResizeWithAspectRatioPadding (zero pad), RandomHorizontalFlip .5, RandomRotation 10, ColorJitter(.1, .1), '
+           'Normalize(.5, .5). Not stated in the deck, so torch defaults stand in: Adam (lr 1e-3, no weight decay, '
+           'constant rate), cross-entropy, batch 32, early stopping on validation loss with patience 7; no class balancing '
+           '(the deck names one without saying how)')
+FAITHFUL = [
+    Recipe(name='seed000-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=64, epochs=10,
+           schedule='seed000', freeze_epochs=3, lr=None, sampler='oversample', augs='seed000-faithful', pretrained=True,
+           seed=0, task='classification', monitor='macro_f1', patience=None, split='random 20% of the images',
+           extra=dict(opener='xray', resize='crop', split_by='image', lr_suggest='minimum', keep='last'),
+           description='seed 000 exactly: UNIFESP body part with fastai DenseNet-121',
+           reproduces='seed 000: DICOM → percentiles 1–99 → uint8 → RGB, RandomOverSampler, Resize(224) + RandomResizedCrop(224, '
+                      '0.6, 1.4) + aug_transforms(flip_vert, warp .2, rotate 30, zoom 1.5, lighting .4), DenseNet-121 + fastai '
+                      'head (dropout .5), lr_find minimum → fit_one_cycle(3) frozen → unfreeze → fit_one_cycle(10), final '
+                      'weights. Not stated: split (fastai RandomSplitter 20% of images), batch (fastai 64), phase-2 rates '
+                      '(slice(lr/100, lr) after a second lr_find). The Optuna search over lr/dropout is `medvision tune`'),
+    Recipe(name='seed002-cnn', layout='mri', arch='seed002-cnn', n_in=3, size=150, bs=32, epochs=100, lr=1e-3, wd=0.,
+           schedule='constant', augs='seed002-faithful', pretrained=False, seed=0, task='classification',
+           monitor='valid_loss', patience=10, split='official folders, else grouped by case',
+           extra=dict(resize='squish', opener='rgb', steps=[90, 30], opt=dict(mom=0.9, sqr_mom=0.999, eps=1e-7, wd_bn_bias=True)),
+           description='seed 002 exactly: the final Keras CNN for MRI sequence',
+           reproduces='seed 002: 150×150 RGB (nearest resize), rescale 1/255, shear 0.2° + zoom [.8, 1.2] + horizontal flip + '
+                      'N(0, .1) on the 0–255 scale, conv 32 3×3 + 3× conv 64 2×2 (same) with 2×2 pools, dense 512/256/128 '
+                      'with dropout .5, softmax over T1/T2/FLAIR, categorical cross-entropy, Keras Adam (lr 1e-3, ε 1e-7), '
+                      'batch 32, 100 epochs of 90 steps with 30 validation steps, early stopping on val_loss patience 10, best '
+                      'val_loss weights. Keras adds ε to the uncorrected √v (torch: to the bias-corrected one) and shuffles '
+                      'its validation batches; medvision does neither'),
+    Recipe(name='seed003-cnn', arch='seed003-cnn', size=224, epochs=30, schedule='constant', pretrained=False,
+           extra=dict(resize='pad', opt=_TORCH_ADAM), description='seed 003 baseline exactly: the printed 14.5 M-parameter CNN',
+           reproduces='seed 003 baseline: 5 conv blocks (3×3 same, BN, ReLU, max-pool) 32→512, Dropout2d .15 (once, after '
+                      'block 5: the deck prints the module, not the forward), Flatten 25 088→512→256→4 with dropout .4/.25; ' + _S3_WHY,
+           **_S3),
+    Recipe(name='seed003-resnet50', arch='tv-resnet50', size=224, epochs=10, schedule='seed003', freeze_epochs=10,
+           pretrained=True, extra=dict(resize='pad', opt=_TORCH_ADAM),
+           description='seed 003 exactly: torchvision ResNet-50, FC then FC + last conv block',
+           reproduces='seed 003 ResNet-50: ImageNet weights, new 4-class FC trained alone, then FC + layer4 (the last conv '
+                      'block; frozen BatchNorm layers stay frozen); grey input through the summed first conv (= grey '
+                      'replicated to RGB); ' + _S3_WHY + '; 10 + 10 epochs', **_S3),
+    Recipe(name='seed003-inception3', arch='tv-inception3', size=299, epochs=10, schedule='seed003', freeze_epochs=10,
+           pretrained=True, extra=dict(resize='pad', opt=_TORCH_ADAM),
+           description='seed 003 exactly: torchvision Inception-V3, FC then FC + last block',
+           reproduces='seed 003 Inception-V3: torchvision model with its auxiliary classifier (27.2 M parameters as in the '
+                      "seed's table; its loss is not stated, only the main logits train), 299 px, FC then FC + Mixed_7c; " + _S3_WHY,
+           **_S3),
+]
+for _r in FAITHFUL: register_recipe(_r)

@@ -16,7 +16,9 @@ import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
 from ..callbacks import to_plain
 from ..io import list_files
-from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES
+from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, MaxSteps
+from functools import partial
+from fastcore.foundation import L
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
@@ -54,7 +56,7 @@ class Recipe:
     split: str|None = None  # Name of the split rule the task's loader applies
     description: str = ''  # One line for humans
     reproduces: str = ''  # The seed result this recipe reproduces
-    extra: dict = field(default_factory=dict)  # Task-specific settings
+    extra: dict = field(default_factory=dict)  # Task-specific settings; for any task: `opt` (AdamW mom/sqr_mom/eps/wd_bn_bias), `fit` (one-cycle div/div_final/pct_start/moms), `lr_suggest`, `keep` ('last'), `steps` ([n_train, n_valid])
 
     def __post_init__(self):
         def bad(msg): raise MedvisionError(f"recipe {self.name!r}: {msg}")
@@ -241,7 +243,12 @@ def data_info(task, recipe, dls) -> dict:
     return to_plain(info)
 
 # %% ../../nbs/50_recipes.core.ipynb #5e5e30d0
-COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)")}
+COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)"),
+                'opt': (dict, "AdamW settings besides lr/wd: `mom`, `sqr_mom`, `eps`, `wd_bn_bias` (e.g. torch's or Keras' Adam defaults)"),
+                'fit': (dict, "one_cycle settings: `div`, `div_final`, `pct_start`, `moms` (e.g. torch's OneCycleLR defaults)"),
+                'lr_suggest': (str, "Which `lr_find` suggestion `lr=None` uses: 'valley' (default), 'minimum', 'steep', 'slide'"),
+                'keep': (str, "'last': model.pth holds the final weights (default: the best epoch's)"),
+                'steps': ((list, tuple), "[n_train, n_valid] batches per epoch (Keras `steps_per_epoch`/`validation_steps`)")}
 
 def check_extra(recipe:Recipe, # The recipe whose `extra` to check
                 adapter) -> Recipe: # Its task adapter (`get_task(recipe.task)`)
@@ -324,6 +331,11 @@ def _check_resume(out:Path, recipe:Recipe):
     if diff: raise MedvisionError("cannot resume with different settings than the interrupted run (" + '; '.join(diff) +
                                   "); resume with the same options, or train into a new folder", out)
 
+def _extra_cbs(recipe) -> list:
+    "Callbacks a recipe's `extra` asks for: `steps=[n_train, n_valid]` batches per epoch (Keras `steps_per_epoch`)."
+    st = recipe.extra.get('steps')
+    return [MaxSteps(*st)] if st else []
+
 def _summary(res:dict) -> str:
     fin = {k: v for k,v in (res.get('final') or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     fin_s = ', '.join(f"{k} {v:.4g}" for k,v in list(fin.items())[:8])
@@ -361,17 +373,21 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
     splitter = task.build_splitter(recipe, model) if callable(getattr(task, 'build_splitter', None)) else None
     learn = make_learner(dls, model, task.build_loss(recipe, dls), task.build_metrics(recipe, dls), lr=recipe.lr or 1e-3,
                          wd=recipe.wd, monitor=recipe.monitor, patience=recipe.patience, out=out, amp=recipe.amp,
-                         splitter=splitter, cbs=cbs)
+                         splitter=splitter, cbs=list(L(cbs)) + _extra_cbs(recipe), opt_kw=recipe.extra.get('opt'))
     meta = {'format': 'medvision-model-1', 'recipe': recipe.to_dict(), 'data': _data_str(data), 'split': info['split'],
             'classes': info.get('classes'), 'data_info': info, 'versions': _versions(),
             'created': datetime.datetime.now().isoformat(timespec='seconds')}
     write_json(meta, out/'recipe.json')
     start = resume_learner(learn, out) if resume else 0
     t0 = time.time()
-    if show_progress: fit_schedule(learn, recipe.schedule, recipe.epochs, lr=recipe.lr, freeze_epochs=recipe.freeze_epochs, start_epoch=start)
+    keep_last = recipe.extra.get('keep') == 'last'
+    run = partial(fit_schedule, learn, recipe.schedule, recipe.epochs, lr=recipe.lr, freeze_epochs=recipe.freeze_epochs,
+                  start_epoch=start, fit_kw=recipe.extra.get('fit'), lr_suggest=recipe.extra.get('lr_suggest', 'valley'),
+                  load_best=not keep_last)
+    if show_progress: run()
     else:
-        with learn.no_bar(), learn.no_logging():
-            fit_schedule(learn, recipe.schedule, recipe.epochs, lr=recipe.lr, freeze_epochs=recipe.freeze_epochs, start_epoch=start)
+        with learn.no_bar(), learn.no_logging(): run()
+    if keep_last: save_weights(learn.model, out/'model.pth')   # the seed evaluates its final weights
     train_s = time.time() - t0
     if not (out/'model.pth').exists():  # `monitor` never improved (e.g. NaN): keep the last weights, say so
         print(f"warning: {recipe.monitor} never improved; model.pth holds the last weights")

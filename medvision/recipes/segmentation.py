@@ -10,17 +10,19 @@ import os, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from ..core import MedvisionError, SEG_CLASSES, atomic_write, atomic_write_text, atomic_save_npy
-from ..data.segmentation import seg_dataloaders, seg_augs
-from ..data.seg_layouts import NpySlices
+from ..data.segmentation import seg_dataloaders, seg_augs, seg_split, Seed004Augs
+from ..data.seg_layouts import NpySlices, SegSource, open_source
 from ..models import create_model
-from ..losses import SegLoss
-from ..metrics import ForegroundDice, MeanIoU, DiceScore
+from ..losses import SegLoss, balanced_weights
+from ..intensity import Standardize, HUWindow
+from ..metrics import ForegroundDice, MeanIoU, DiceScore, BatchMeanDice
 from ..interpret.segmentation import predict_dl, seg_report, save_overlays
 from .core import Recipe, register_recipe
 
 # %% auto #0
-__all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'COVID_UNETPP_LITE0', 'build_dls', 'data_info',
-           'plain_inputs', 'build_model', 'build_loss', 'build_metrics', 'evaluate_dl', 'slice_probs', 'predict_files']
+__all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'COVID_UNETPP_LITE0', 'SEED004_UNETPP_B3',
+           'SEED001_UNETPP_B2', 'SEG_AUGS', 'seg_preset', 'seed004_weights', 'build_dls', 'data_info', 'plain_inputs',
+           'build_model', 'class_counts', 'build_loss', 'build_metrics', 'evaluate_dl', 'slice_probs', 'predict_files']
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #54dafe6f
 EXTRA = {
@@ -29,22 +31,34 @@ EXTRA = {
     'n_overlays': (int, "Overlay PNGs written by `evaluate` (default 8)"),
     'num_workers': (int, "DataLoader worker processes (default: up to 8 on CUDA, 0 on the CPU)"),
     'source_kw': (dict, "Keyword arguments for the layout's source, e.g. `{'boundaries': [...]}`"),
-    'stats': ((list, tuple), "Normalisation (mean, std) in [0, 1] window units (default: measured on training slices)"),
+    'stats': ((list, tuple, str), "Normalisation (mean, std) in [0, 1] window units, or 'all' (every slice, seed 004; default: training slices)"),
+    'sources': (list, "Keep only slices of these sources, e.g. ['medseg'] (seed 004)"),
+    'lesion_rule': (str, "'seed004': the sampler flags a slice with any class index > 0 (seed 004's rule)"),
+    'miou_rule': (str, "'set' (default) or 'present' (seed 001: per image, classes in the truth)"),
 }
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a682c014
 COVID_UNETPP_B2 = register_recipe(Recipe(
     name='covid-unetpp-b2', task='segmentation', arch='unetpp-effb2', n_in=1, size=512, bs=8, epochs=50, lr=1e-3,
     loss={'ce': 1.0, 'dice': 0.0, 'focal': 0.0}, monitor='valid_loss', patience=7, sampler=None, augs='ct',
-    pretrained=True, description='UNet++ EfficientNet-B2, 512 px, cross-entropy, early stopping (seed 001)',
-    reproduces='seed 001: COVID-19 CT lesion segmentation, first 24 MedSeg slices as validation',
+    pretrained=True, description='UNet++ EfficientNet-B2, 512 px, cross-entropy, early stopping. Based on seed 001 '
+    '(faithful: seed001-unetpp-b2); deliberately different: AdamW wd 1e-2 one-cycle at 1e-3 (the seed: Adam; rate and '
+    'scheduler not stated), the ct augmentations (adds vertical flips, zoom out, brightness/contrast), mIoU by the set rule '
+    "(seed 001: per image over present classes, miou_rule='present')",
+    reproduces='based on seed 001: COVID-19 CT lesion segmentation, first 24 MedSeg slices as validation',
     extra={'valid_pct': 0.2, 'n_overlays': 8}))
 
 COVID_UNETPP_B3 = register_recipe(Recipe(
     name='covid-unetpp-b3', task='segmentation', arch='unetpp-effb3', n_in=1, size=384, bs=8, epochs=60, lr=1e-3,
     loss={'ce': 0.25, 'dice': 0.5, 'focal': 0.25}, monitor='fg_dice', patience=None, sampler='lesion', augs='ct',
-    pretrained=True, description='UNet++ EfficientNet-B3, 384 px, CE+Dice+Focal, lesion-weighted sampling (seed 004)',
-    reproduces='seed 004: COVID-19 CT lesion segmentation, 60 epochs',
+    pretrained=True, description='UNet++ EfficientNet-B3, 384 px, CE+Dice+Focal, lesion-weighted sampling. Based on seed 004 '
+    '(faithful: seed004-unetpp-b3); deliberately different: split seed001 (first 24 MedSeg slices validate, Radiopaedia '
+    'trains; the seed: random 20% of MedSeg only), unweighted CE and softmax focal γ 2 with smoothed Dice (seed: balanced '
+    "CE, smp's Dice and sigmoid focal γ 2.5), AdamW lr 1e-3 wd 1e-2 fastai one-cycle (seed: OneCycleLR max 5e-4, wd 1e-4 "
+    "on all parameters), batch 8 (6), the ct augmentations (seed: its own list, Seed004Augs), a sampler on real lesion flags "
+    "(the seed's flag marks almost every slice), best model on lesion Dice (seed: per-batch Dice of all 4 classes), "
+    'standardisation from training slices (seed: the whole MedSeg array)',
+    reproduces='based on seed 004: COVID-19 CT lesion segmentation, 60 epochs',
     extra={'lesion_weight': 3.0, 'valid_pct': 0.2, 'n_overlays': 8}))
 
 COVID_TINY = register_recipe(Recipe(
@@ -61,16 +75,64 @@ COVID_UNETPP_LITE0 = register_recipe(Recipe(
     reproduces='seeds 001/004 architecture (UNet++ on an EfficientNet encoder) at CPU size',
     extra={'valid_pct': 0.2, 'n_overlays': 4, 'stats': [0.5, 0.5]}))
 
+SEED004_UNETPP_B3 = register_recipe(Recipe(
+    name='seed004-unetpp-b3', task='segmentation', arch='unetpp-timm-effb3', n_in=1, size=384, bs=6, epochs=60, lr=5e-4, wd=1e-4,
+    schedule='one_cycle', loss={'ce': 0.25, 'dice': 0.5, 'focal': 0.25, 'gamma': 2.5, 'style': 'smp', 'weight': 'balanced'},
+    monitor='batch_mean_dice', patience=None, sampler='lesion', augs='seed004', pretrained=True, split='random',
+    description='seed 004 exactly: smp UNet++ timm-efficientnet-b3 on MedSeg only',
+    reproduces="seed 004: MedSeg slices only, clip −1500..500 HU, standardised with the whole array's mean/std, random 20% "
+               "validation, Resize 384 + HorizontalFlip .5, VerticalFlip .3, RandomRotate90 .3, Affine(scale .95–1.05, rotate "
+               "±10, shear ±5, translate 0–3%, p .4), RandomBrightnessContrast(.1, .1, p .2) — which clips the standardised "
+               "slice to [0, 1], a seed bug kept here; WeightedRandomSampler with weight 3 for any mask pixel ≠ class 0 (a "
+               "seed bug: nearly every slice, i.e. uniform sampling with replacement); 0.25·CE(balanced weights from the "
+               "training masks) + 0.5·smp Dice + 0.25·smp Focal(γ 2.5); torch AdamW (wd 1e-4 on all parameters, β₂ .999, "
+               "ε 1e-8) under OneCycleLR(max 5e-4: the optimiser's lr 1e-4 is overwritten), batch 6, 60 epochs, best mean "
+               "per-batch Dice over the 4 classes",
+    extra={'valid_pct': 0.2, 'n_overlays': 8, 'sources': ['medseg'], 'stats': 'all', 'lesion_weight': 3.0, 'lesion_rule': 'seed004',
+           'opt': {'mom': 0.9, 'sqr_mom': 0.999, 'eps': 1e-8, 'wd_bn_bias': True},
+           'fit': {'pct_start': 0.3, 'div': 25.0, 'div_final': 25.0*1e4, 'moms': (0.95, 0.85, 0.95)}}))
+
+SEED001_UNETPP_B2 = register_recipe(Recipe(
+    name='seed001-unetpp-b2', task='segmentation', arch='unetpp-effb2', n_in=1, size=512, bs=8, epochs=50, lr=1e-3, wd=0.,
+    loss={'ce': 1.0, 'dice': 0.0, 'focal': 0.0}, monitor='valid_loss', patience=7, sampler=None, augs='seed001',
+    pretrained=True, split='seed001', description='seed 001 exactly: UNet++ EfficientNet-B2, cross-entropy',
+    reproduces="seed 001: clip −1500..500 HU + standardisation, first 24 MedSeg slices validate and the rest of MedSeg + all "
+               "Radiopaedia train, rotation up to 360°, random crop, horizontal flip, softmax + cross-entropy, Adam, early "
+               "stopping on validation loss (patience 7), best validation loss kept, mIoU over the classes present in each "
+               "image's truth. Not stated in the deck, so defaults stand in: batch 8, 512 px, lr 1e-3 under fastai one-cycle "
+               "(the deck steps a scheduler per batch without naming it), 50 epochs at most, crop = zoom up to 1.25, "
+               "augmentation probability 1. The deck's ReLU/transposed-convolution description does not match smp's "
+               "UNet++ (SiLU encoder, nearest upsampling), which is what its names denote",
+    extra={'valid_pct': 0.2, 'n_overlays': 8, 'miou_rule': 'present', 'opt': {'mom': 0.9, 'sqr_mom': 0.999, 'eps': 1e-8}}))
+
 # %% ../../nbs/51_recipes.segmentation.ipynb #18954ab0
 def _context(recipe):
     if recipe.n_in % 2 != 1: raise MedvisionError(f"recipe {recipe.name!r}: n_in={recipe.n_in} must be odd (n_in = 2·context + 1 stacked slices)")
     return (recipe.n_in - 1)//2
 
-def _augs(recipe):
+SEG_AUGS = ('ct', 'none', 'seed001', 'seed004')
+
+def seg_preset(recipe):
+    "`(batch augs, item augs)` of the recipe's preset."
     a = recipe.augs or 'ct'
-    if a == 'ct': return True
-    if a == 'none': return False
-    raise MedvisionError(f"recipe {recipe.name!r}: augs={a!r} is not a segmentation preset ('ct' or 'none')")
+    if a == 'ct': return True, None
+    if a == 'none': return False, None
+    if a == 'seed001': return seg_augs(max_rotate=180., min_zoom=1., max_zoom=1.25, flip_vert=False, max_lighting=0., p_affine=1.), None
+    if a == 'seed004': return False, [Seed004Augs()]
+    raise MedvisionError(f"recipe {recipe.name!r}: augs={a!r} is not a segmentation preset {SEG_AUGS}")
+
+def _source(recipe, data):
+    "The opened source, restricted to `extra['sources']` (e.g. `['medseg']`)."
+    src = data if isinstance(data, SegSource) else open_source(data, recipe.layout, **((recipe.extra or {}).get('source_kw') or {}))
+    keep = (recipe.extra or {}).get('sources')
+    if keep:
+        src.items = [it for it in src.items if it.src in keep]
+        if not src.items: raise MedvisionError(f"recipe {recipe.name!r}: no slices from {keep} in this dataset", getattr(src, 'path', None))
+    return src
+
+def seed004_weights(src, items, w):
+    "Seed 004's sampler weights: `w` for a slice with any pixel whose class index is > 0, else 1."
+    return np.array([w if (src.read_mask(it) > 0).any() else 1. for it in items])
 
 def build_dls(recipe, # A segmentation `Recipe`
               data, # Dataset folder (any layout `detect_layout` knows)
@@ -80,17 +142,25 @@ def build_dls(recipe, # A segmentation `Recipe`
     if recipe.sampler not in (None, 'lesion'): raise MedvisionError(f"recipe {recipe.name!r}: sampler={recipe.sampler!r}; segmentation knows None or 'lesion'")
     cuda = torch.cuda.is_available()
     nw = ex.get('num_workers', min(8, os.cpu_count() or 1) if cuda else 0)
+    augs,item_augs = seg_preset(recipe)
+    src = _source(recipe, data)
     kw = dict(layout=recipe.layout, size=recipe.size, bs=recipe.bs, split=recipe.split, valid_pct=ex.get('valid_pct', 0.2),
-              seed=recipe.seed, augs=_augs(recipe), context=_context(recipe), num_workers=nw,
-              lesion_weight=ex.get('lesion_weight', 3.0) if recipe.sampler == 'lesion' else None,
-              source_kw=ex.get('source_kw'), stats=ex.get('stats'))
-    return seg_dataloaders(data, **{**kw, **kwargs})
+              seed=recipe.seed, augs=augs, item_augs=item_augs, context=_context(recipe), num_workers=nw,
+              lesion_weight=ex.get('lesion_weight', 3.0) if recipe.sampler == 'lesion' else None, stats=ex.get('stats'))
+    if kw['stats'] == 'all':  # seed 004: mean/std of every slice (validation included), after the HU clip
+        st = Standardize.from_items(src.items, reader=src.read_image, n=len(src.items), tfms=[HUWindow(*src.window)])
+        kw['stats'] = (st.mean, st.std)
+    if recipe.sampler == 'lesion' and ex.get('lesion_rule') == 'seed004':
+        tr,_,_ = seg_split(src.items, recipe.split or src.default_split, valid_pct=kw['valid_pct'], seed=recipe.seed)
+        kw['weights'] = seed004_weights(src, [src.items[i] for i in tr], kw['lesion_weight'])
+    return seg_dataloaders(src, **{**kw, **kwargs})
 
 def data_info(recipe, dls):
     "What a saved model needs to predict without the data: window, stats, classes, size, 2.5D context."
     return {'layout': dls.layout, 'units': dls.source.units, 'window': list(dls.window), 'stats': list(dls.stats),
             'n_fg': dls.n_fg, 'context': dls.context, 'size': dls.size, 'n_train': len(dls.train_items),
-            'n_valid': len(dls.valid_items), 'lesion_weight': dls.lesion_weight}
+            'n_valid': len(dls.valid_items), 'lesion_weight': dls.lesion_weight,
+            'ce_weight': build_loss(recipe, dls).weight.tolist() if (recipe.loss or {}).get('weight') == 'balanced' else None}
 
 def _n_fg(dls): return getattr(dls, 'n_fg', None) or (getattr(dls, 'info', {}) or {}).get('n_fg') or 1
 
@@ -104,14 +174,26 @@ def build_model(recipe, dls):
     m.register_forward_pre_hook(plain_inputs)
     return m
 
+def class_counts(source, items, n_classes:int):
+    "Pixel count per class over the masks of `items` (at their stored size)."
+    return sum(np.bincount(source.read_mask(it).ravel(), minlength=n_classes)[:n_classes] for it in items)
+
 def build_loss(recipe, dls):
-    "`SegLoss` with the recipe's CE/Dice/Focal factors."
-    return SegLoss(**(recipe.loss or {}))
+    "`SegLoss` with the recipe's CE/Dice/Focal factors; `weight='balanced'` from the training masks' pixel counts."
+    kw = dict(recipe.loss or {})
+    if isinstance(kw.get('weight'), str):
+        if kw['weight'] != 'balanced': raise MedvisionError(f"recipe {recipe.name!r}: loss weight {kw['weight']!r}: use 'balanced' or a list")
+        info = getattr(dls, 'info', None) or {}
+        kw['weight'] = (info.get('ce_weight') if not hasattr(dls, 'source') else
+                        balanced_weights(class_counts(dls.source, dls.train_items, len(dls.classes))).tolist())
+    return SegLoss(**kw)
 
 def build_metrics(recipe, dls):
     "Set-level foreground Dice, mIoU and the Dice of each lesion class."
     n_fg = _n_fg(dls)
-    return [ForegroundDice(n_fg), MeanIoU()] + [DiceScore(c, name=f"dice_{dls.classes[c]}") for c in range(n_fg)]
+    ms = [ForegroundDice(n_fg), MeanIoU(rule=(recipe.extra or {}).get('miou_rule', 'set'))]
+    ms += [DiceScore(c, name=f"dice_{dls.classes[c]}") for c in range(n_fg)]
+    return ms + ([BatchMeanDice(len(dls.classes))] if recipe.monitor == 'batch_mean_dice' else [])
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #c8f42316
 def _use_model_stats(learn, dl):
