@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.script import anno_parser, bool_arg
 from .core import MedvisionError, check_exists
-from .report import md_table, metrics_text
+from .report import md_table, metrics_text, fmt_ci
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes',
-           'cli_demo', 'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
-           'cli_anonymize', 'main']
+__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'UsageError', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs',
+           'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'cli_predict',
+           'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #ba2ada8e
 class UsageError(Exception):
@@ -111,16 +111,48 @@ def cli_train(recipe:str, # Recipe name (see `medvision recipes`)
     print(f"\n{r.name}: final metrics\n{metrics_text(res)}")
     return res
 
+# %% ../nbs/70_cli.ipynb #c00b4f3f
+TTA_ARG = Annotated[str, "Flip test-time augmentation: bare `--tta` = the task's default flips, or `h`, `v`, `h,v`",
+                    {'nargs':'?', 'const':'default'}]
+
+def _tta(v): return True if v == 'default' else (v or False)
+
 # %% ../nbs/70_cli.ipynb #38560753
 def cli_evaluate(model:Annotated[Path, "Model folder written by `medvision train`", {'required':True}]=None,
                  data:Annotated[Path, "Labelled dataset folder in the model's layout", {'required':True}]=None,
                  out:Annotated[Path, "Output folder for metrics.json, the report and plots", {'required':True}]=None,
-                 split:str='valid'): # Which split of `data`: `valid`, `train`, or `test` where the layout has a labelled test split
-    "Evaluate the trained `model` on the `split` split of `data`: metrics JSON, report and plots in `out`."
+                 split:str='valid', # `valid`, `train`, `all` (every labelled item of `data`: an external set) or `test` where labelled
+                 tta:TTA_ARG=None, # Flip test-time augmentation
+                 ci_resamples:int=1000): # Bootstrap resamples for the 95 % CIs (0: none; seeded, so reruns agree)
+    "Evaluate the trained `model` (or a `cv` fold ensemble) on the `split` split of `data`, with 95 % CIs: metrics JSON, report and plots in `out`."
     mdir = check_model_dir(model)
     check_exists(data, 'data folder')
-    with hint(_model_desc(mdir)): res = load_recipes().evaluate(mdir, data, split=split, out=out)
+    with hint(_model_desc(mdir)):
+        res = load_recipes().evaluate(mdir, data, split=split, out=out, tta=_tta(tta), ci_resamples=ci_resamples)
     print(f"\n{mdir}: metrics on {data} ({res.get('split', split)})\n{metrics_text(res)}\nwritten to {out}")
+    return res
+
+# %% ../nbs/70_cli.ipynb #1363c4ce
+def cli_cv(recipe:str, # Recipe name (see `medvision recipes`)
+           data:Annotated[Path, "Labelled dataset folder in one of the recipe's layouts", {'required':True}]=None,
+           out:Annotated[Path, "Output folder: fold_<k>/ model folders, cv.json, and the ensemble's recipe.json", {'required':True}]=None,
+           folds:int=5, # Number of group-aware (stratified where possible) folds
+           fold:int=None, # Train only this fold (0-based), e.g. one process per GPU; the last one collects
+           seed:int=0, # Seed of the fold assignment
+           epochs:int=None, # Number of epochs (default: the recipe's)
+           size:int=None, # Input size in pixels (default: the recipe's)
+           bs:int=None, # Batch size (default: the recipe's)
+           lr:float=None): # Learning rate (default: the recipe's)
+    "K-fold cross-validation of `recipe` on `data`: one model per fold, per-fold metrics and mean ± sd; `--model OUT` is their ensemble."
+    r = load_recipes().get_recipe(recipe)
+    check_exists(data, 'data folder')
+    from medvision.recipes.cv import cv
+    res = cv(r, data, out, folds=folds, fold=fold, seed=seed, epochs=epochs, size=size, bs=bs, lr=lr)
+    import pandas as pd
+    rows = [{'fold': f['fold'], **{k: (fmt_ci(f[k], f['ci'].get(k)) if k in f else '') for k in res['mean']}} for f in res['per_fold']]
+    rows.append({'fold': 'mean ± sd', **{k: f"{res['mean'][k]:.3f} ± {res['sd'][k] or 0:.3f}" for k in res['mean']}})
+    print(f"\n{r.name}: {len(res['folds'])} of {res.get('folds_planned')} folds ({res.get('how')})\n{pd.DataFrame(rows).to_string(index=False)}")
+    print(f"written to {out}/ (evaluate/predict --model {out} use the fold ensemble)")
     return res
 
 # %% ../nbs/70_cli.ipynb #a4e09199
@@ -154,7 +186,8 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
-                trust_pickle:bool=False): # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                tta:TTA_ARG=None): # Flip test-time augmentation
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
     files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     mp = check_exists(model, 'model folder')
@@ -164,7 +197,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
         core = load_recipes()
         mdir,meta = core.read_model_meta(model)
         if out is None and meta['recipe']['task'] == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
-        with hint(_model_desc(mdir)): df = core.predict(mdir, files, out=out)
+        with hint(_model_desc(mdir)): df = core.predict(mdir, files, out=out, tta=_tta(tta))
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
@@ -242,7 +275,7 @@ def _tune_cmd():
 
 COMMANDS = {'recipes': cli_recipes, 'demo': cli_demo, 'train': cli_train, 'evaluate': cli_evaluate,
             'predict': cli_predict, 'synth': cli_synth, 'dicom-info': cli_dicom_info, 'anonymize': cli_anonymize,
-            'tune': _tune_cmd}
+            'tune': _tune_cmd, 'cv': cli_cv}
 
 # %% ../nbs/70_cli.ipynb #03f0a29c
 def _usage() -> str:
