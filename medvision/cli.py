@@ -146,7 +146,7 @@ def cli_cv(recipe:str, # Recipe name (see `medvision recipes`)
     "K-fold cross-validation of `recipe` on `data`: one model per fold, per-fold metrics and mean ± sd; `--model OUT` is their ensemble."
     r = load_recipes().get_recipe(recipe)
     check_exists(data, 'data folder')
-    from medvision.recipes.cv import cv
+    from medvision.recipes.evaluation import cv
     res = cv(r, data, out, folds=folds, fold=fold, seed=seed, epochs=epochs, size=size, bs=bs, lr=lr)
     import pandas as pd
     rows = [{'fold': f['fold'], **{k: (fmt_ci(f[k], f['ci'].get(k)) if k in f else '') for k in res['mean']}} for f in res['per_fold']]

@@ -43,12 +43,13 @@ def fmt_ci(value, # The point value
     return f"{value:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
 
 _CI_COL = {'f1-score': 'f1'}   # per-class table column -> prefix of its CI keys (`f1_<class>`, `dice_<class>`, ...)
+_CI_ROW = {'accuracy': 'accuracy', 'macro avg': 'macro_f1', 'weighted avg': 'weighted_f1'}  # report rows with a set-level CI
 
 def _with_ci(df, ci):
     "Per-class table `df` (first column `class`) with each cell that has a CI written as `value [lo, hi]`."
     df = df.copy()
     for col in df.columns[1:]:
-        keys = [f"{_CI_COL.get(col, col)}_{c}" for c in df['class']]
+        keys = [_CI_ROW[c] if col == 'f1-score' and c in _CI_ROW else f"{_CI_COL.get(col, col)}_{c}" for c in df['class']]
         if any(k in ci for k in keys):
             df[col] = [fmt_ci(v, ci.get(k)) if k in ci and isinstance(v, (int, float)) else v for v,k in zip(df[col], keys)]
     return df
