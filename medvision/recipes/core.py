@@ -18,6 +18,7 @@ from ..callbacks import _plain
 from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES
 from ..tta import FlipTTA, ProbEnsemble, tta_flips
 from ..calibration import TemperatureScaled
+from ..report import fmt_ci
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
@@ -297,7 +298,8 @@ def _check_resume(out:Path, recipe:Recipe):
 
 def _summary(res:dict) -> str:
     fin = {k: v for k,v in (res.get('final') or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    fin_s = ', '.join(f"{k} {v:.4g}" for k,v in list(fin.items())[:8])
+    ci = (res.get('final') or {}).get('ci') or {}
+    fin_s = ', '.join(f"{k} {fmt_ci(v, ci[k]) if k in ci else format(v, '.4g')}" for k,v in list(fin.items())[:8])
     best = (f"best epoch {res['best_epoch']} ({res['monitor']} {res['best_value']:.4g})"
             if res.get('best_epoch') is not None and res.get('best_value') is not None else 'no best epoch')
     return (f"{res['recipe']}: {res['epochs_run']} epoch(s){' (stopped early)' if res.get('stopped_early') else ''}, {best}; "
