@@ -151,6 +151,7 @@ def evaluate_dl(learn, dl, recipe:Recipe, out=None)->dict:
         cm = plot_confusion(cp, Path(out)/'confusion.png' if out is not None else None, show=False)
         res['confusion'] = cm.tolist()
         res.update(uncertainty(cp, recipe, getattr(learn, 'mv_ci_resamples', 1000), out))
+    else: res['ci_note'] = 'no CI: multi-label scores are not bootstrapped yet'
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(f"split: {split}\n\n" + s['report_text'], out/'report.txt')
