@@ -12,15 +12,12 @@ from typing import Annotated
 from fastcore.script import anno_parser, bool_arg
 from .core import MedvisionError, check_exists
 from .report import md_table, metrics_text, fmt_ci
+from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'UsageError', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs',
-           'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'cli_predict',
-           'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
-
-# %% ../nbs/70_cli.ipynb #ba2ada8e
-class UsageError(Exception):
-    "A command-line usage error (bad option, unknown command): one line, exit status 2."
+__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes',
+           'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'cli_predict', 'cli_synth',
+           'cli_dicom_info', 'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -86,25 +83,18 @@ def cli_demo(out:Path=Path('demo_out'), # Folder for the synthetic data, models,
     return run_demo(out, quick=quick, seed=seed)
 
 # %% ../nbs/70_cli.ipynb #f1280f56
+@takes_overrides()
 def cli_train(recipe:str, # Recipe name (see `medvision recipes`)
               data:Annotated[Path, "Dataset folder (or file) in one of the recipe's layouts", {'required':True}]=None,
               out:Annotated[Path, "Output folder: model.pth, recipe.json, metrics.json, plots", {'required':True}]=None,
-              epochs:int=None, # Number of epochs (default: the recipe's)
-              size:int=None, # Input size in pixels (default: the recipe's)
-              bs:int=None, # Batch size (default: the recipe's)
-              arch:str=None, # Model architecture, e.g. `densenet121` (default: the recipe's)
-              pretrained:Annotated[bool_arg, "Start from ImageNet weights (default: the recipe's)",
-                                   {'action':argparse.BooleanOptionalAction}]=None,
-              seed:int=None, # Random seed (default: the recipe's)
-              lr:float=None, # Learning rate (default: the recipe's)
               resume:bool=False, # Continue the interrupted run saved in `out`
-              overwrite:bool=False): # Replace an earlier run saved in `out` (without it, that is an error)
+              overwrite:bool=False, # Replace an earlier run saved in `out` (without it, that is an error)
+              **kwargs): # The `recipe_overrides` options (`--epochs`, `--size`, `--bs`, `--arch`, ...)
     "Train `recipe` on `data`, writing the model, its recipe, the metrics and plots to `out`."
     r = load_recipes().get_recipe(recipe)
     check_exists(data, 'data folder')
     if resume and not Path(out).exists(): raise MedvisionError("nothing to resume: the output folder does not exist", out)
-    ov = {k:v for k,v in dict(epochs=epochs, size=size, bs=bs, arch=arch, pretrained=pretrained, seed=seed, lr=lr).items()
-          if v is not None}
+    ov = recipe_overrides(**kwargs)
     with hint(f"recipe '{r.name}' is a {r.task} recipe" + (f" for the '{r.layout}' layout" if r.layout else '') +
               "; see `medvision recipes` and `medvision synth --help` for the layouts"):
         res = load_recipes().train(r, data, out, resume=resume, overwrite=overwrite, **ov)
@@ -133,21 +123,19 @@ def cli_evaluate(model:Annotated[Path, "Model folder written by `medvision train
     return res
 
 # %% ../nbs/70_cli.ipynb #1363c4ce
+@takes_overrides(but=['arch', 'pretrained'])
 def cli_cv(recipe:str, # Recipe name (see `medvision recipes`)
            data:Annotated[Path, "Labelled dataset folder in one of the recipe's layouts", {'required':True}]=None,
            out:Annotated[Path, "Output folder: fold_<k>/ model folders, cv.json, and the ensemble's recipe.json", {'required':True}]=None,
            folds:int=5, # Number of group-aware (stratified where possible) folds
            fold:int=None, # Train only this fold (0-based), e.g. one process per GPU; the last one collects
-           seed:int=0, # Seed of the fold assignment
-           epochs:int=None, # Number of epochs (default: the recipe's)
-           size:int=None, # Input size in pixels (default: the recipe's)
-           bs:int=None, # Batch size (default: the recipe's)
-           lr:float=None): # Learning rate (default: the recipe's)
+           fold_seed:int=0, # Seed of the fold assignment
+           **kwargs): # The `recipe_overrides` options (`--epochs`, `--size`, `--bs`, `--seed`, `--lr`)
     "K-fold cross-validation of `recipe` on `data`: one model per fold, per-fold metrics and mean ± sd; `--model OUT` is their ensemble."
     r = load_recipes().get_recipe(recipe)
     check_exists(data, 'data folder')
     from medvision.recipes.evaluation import cv
-    res = cv(r, data, out, folds=folds, fold=fold, seed=seed, epochs=epochs, size=size, bs=bs, lr=lr)
+    res = cv(r, data, out, folds=folds, fold=fold, seed=fold_seed, **recipe_overrides(**kwargs))
     import pandas as pd
     rows = [{'fold': f['fold'], **{k: (fmt_ci(f[k], f['ci'].get(k)) if k in f else '') for k in res['mean']}} for f in res['per_fold']]
     rows.append({'fold': 'mean ± sd', **{k: f"{res['mean'][k]:.3f} ± {res['sd'][k] or 0:.3f}" for k in res['mean']}})
@@ -268,10 +256,8 @@ def cli_anonymize(src:Path, # DICOM file or folder to anonymize
 
 # %% ../nbs/70_cli.ipynb #2c9b2a7a
 def _tune_cmd():
-    "The `tune` subcommand function from `medvision.tune`, or `None` when that module is absent."
-    if importlib.util.find_spec('medvision.tune') is None: return None
-    m = importlib.import_module('medvision.tune')
-    return getattr(m, 'tune_cli', None) or getattr(m, 'main', None)
+    "`medvision.tune.tune_cli`, imported on first use (Optuna is slow to import)."
+    return importlib.import_module('medvision.tune').tune_cli
 
 COMMANDS = {'recipes': cli_recipes, 'demo': cli_demo, 'train': cli_train, 'evaluate': cli_evaluate,
             'predict': cli_predict, 'synth': cli_synth, 'dicom-info': cli_dicom_info, 'anonymize': cli_anonymize,
@@ -282,22 +268,10 @@ def _usage() -> str:
     lines = ["usage: medvision COMMAND [options]   (medvision COMMAND --help for the options; --debug shows tracebacks)",
              "", "commands:"]
     for k,f in COMMANDS.items():
-        if k == 'tune': f = _tune_cmd() or "Optuna search over a recipe (needs medvision.tune, not installed)"
+        if k == 'tune': f = _tune_cmd()
         doc = f if isinstance(f, str) else (inspect.getdoc(f) or '').split('\n')[0]
         lines.append(f"  {k:<11} {doc}")
     return '\n'.join(lines)
-
-def _parser(name, f):
-    "The argparse parser for command `name` (function `f`), whose errors raise `UsageError`."
-    p = anno_parser(getattr(f, '__wrapped__', f), prog=f"medvision {name}")
-    def error(msg): raise UsageError(f"{msg} (see `medvision {name} --help`)")
-    p.error = error
-    return p
-
-def _one_line(e:BaseException) -> str:
-    msg = ' '.join(str(e).split()) or type(e).__name__
-    if isinstance(e, (MedvisionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)): return msg
-    return f"{type(e).__name__}: {msg} (unexpected; rerun with --debug for the traceback)"
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     "Print a warning as one line: `medvision: warning: ...`."
@@ -328,22 +302,8 @@ def _main(argv, debug):
     return _run(name, rest, debug)
 
 def _run(name, rest, debug):
-    "Parse `rest` for command `name`, run it and map exceptions to one line and an exit status."
-    err = lambda m: print(f"medvision: error: {m}", file=sys.stderr)
-    try:
-        f = COMMANDS[name]
-        if name == 'tune':
-            f = _tune_cmd()
-            if f is None: raise MedvisionError("`medvision tune` needs the medvision.tune module, which this install lacks")
-        try: ns = vars(_parser(name, f).parse_args(rest))
-        except SystemExit as e: return e.code or 0   # --help
-        ns.pop('pdb', None); ns.pop('xtra', None)
-        f(**ns)
-        return 0
-    except UsageError as e: err(f"{name}: {e}"); return 2
-    except KeyboardInterrupt: err("interrupted"); return 130
-    except Exception as e:
-        if debug: traceback.print_exc()
-        err(_one_line(e)); return 1
+    "Run command `name` on the words `rest`: one line on stderr and an exit status for whatever goes wrong."
+    f = _tune_cmd() if name == 'tune' else COMMANDS[name]
+    return run_command(f, rest, f"medvision {name}", debug)
 
 if __name__ == '__main__' and str(globals().get('__file__', '')).endswith('cli.py'): sys.exit(main())

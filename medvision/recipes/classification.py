@@ -24,8 +24,23 @@ from ..calibration import ece, plot_reliability
 from .core import Recipe, register_recipe, _classes
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'UNITS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
-           'uncertainty', 'evaluate_dl', 'predict_files', 'build_eval_dl']
+__all__ = ['EXTRA', 'LAYOUTS', 'UNITS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+           'build_metrics', 'uncertainty', 'evaluate_dl', 'predict_files', 'build_eval_dl']
+
+# %% ../../nbs/52_recipes.classification.ipynb #21f17720
+EXTRA = {
+    'opener': (str, "`OpenImage` mode: 'xray' (percentile window, 3 channels), 'gray' or 'rgb'"),
+    'resize': (str, "'crop' (seed 000) or 'pad' (seed 003's pad-resize)"),
+    'multi_label': (bool, "One sigmoid per class (UNIFESP rows with several labels)"),
+    'threshold': (float, "Multi-label decision threshold (default 0.5)"),
+    'valid_pct': (float, "Validation share where the layout has no validation split (default 0.2)"),
+    'check': (bool, "Open every file up front (default True)"),
+    'skip_bad': (bool, "Skip unreadable files with a warning instead of stopping (default False)"),
+    'class_map': (dict, "Folder name → class for class-folder layouts"),
+    'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
+    'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
+    'num_workers': (int, "DataLoader worker processes (default 0)"),
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
 LAYOUTS = ('unifesp', 'chestct', 'mri')

@@ -21,8 +21,8 @@ from ..calibration import TemperatureScaled
 from ..report import fmt_ci
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
-           'register_task', 'get_task', 'ModelDls', 'data_info', 'write_json', 'plot_history', 'train',
+__all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
+           'register_task', 'get_task', 'ModelDls', 'data_info', 'check_extra', 'write_json', 'plot_history', 'train',
            'read_model_meta', 'load_model_dir', 'evaluate', 'predict']
 
 # %% ../../nbs/50_recipes.core.ipynb #c8f41918
@@ -233,6 +233,27 @@ def data_info(task, recipe, dls) -> dict:
         info.update({k: v for k,v in (task.data_info(recipe, dls) or {}).items() if v is not None})
     return _plain(info)
 
+# %% ../../nbs/50_recipes.core.ipynb #5e5e30d0
+COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)")}
+
+def check_extra(recipe:Recipe, # The recipe whose `extra` to check
+                adapter) -> Recipe: # Its task adapter (`get_task(recipe.task)`)
+    "Raise `MedvisionError` for an `extra` key the task does not read (with a suggestion) or a value of the wrong type."
+    spec = getattr(adapter, 'EXTRA', None)
+    if spec is None: return recipe
+    spec = {**COMMON_EXTRA, **spec}
+    for k,v in recipe.extra.items():
+        if k not in spec:
+            close = difflib.get_close_matches(k, list(spec), n=1)
+            raise MedvisionError(f"recipe {recipe.name!r}: unknown extra key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else '')
+                                 + f"; {recipe.task} recipes read: {', '.join(sorted(spec))}")
+        types = spec[k][0] if isinstance(spec[k][0], tuple) else (spec[k][0],)
+        types = types + ((int,) if float in types else ())
+        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+            want = ' or '.join(t.__name__ for t in types)
+            raise MedvisionError(f"recipe {recipe.name!r}: extra {k!r} must be {want}, got {v!r}")
+    return recipe
+
 # %% ../../nbs/50_recipes.core.ipynb #94cfa656
 def _versions() -> dict:
     import fastai, medvision
@@ -326,6 +347,7 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
             print(f"{out} held an earlier run ({', '.join(old)}): replacing it (overwrite=True)")
             for n in old: (out/n).unlink()
     task = get_task(recipe.task)
+    check_extra(recipe, task)
     seed_everything(recipe.seed)
     dls = task.build_dls(recipe, data)
     info = data_info(task, recipe, dls)
