@@ -151,3 +151,16 @@ def test_cv_folds_and_collect(tmp_path):
     assert all('ci' in f and 'macro_f1' in f['ci'] for f in r['per_fold'])
     e = evaluate(tmp_path/'cv', d/'valid', split='all', ci_resamples=100)
     assert 'macro_f1' in e['final']['ci']
+
+
+def test_calibrate_stores_temperature(chestct, tmp_path):
+    from medvision.recipes.evaluation import calibrate
+    from medvision.calibration import TemperatureScaled
+    d, _ = chestct
+    m = tmp_path/'m'; shutil.copytree(d/'m', m)
+    t = calibrate(m, d/'ct')
+    assert json.loads((m/'temperature.json').read_text())['temperature'] == t['temperature'] > 0
+    assert t['nll_after'] <= t['nll_before'] + 1e-9
+    assert isinstance(load_model_dir(m)[1].model, TemperatureScaled)
+    e0, e1 = evaluate(d/'m', d/'ct'/'valid', split='all', ci_resamples=0), evaluate(m, d/'ct'/'valid', split='all', ci_resamples=0)
+    assert e1['final']['accuracy'] == e0['final']['accuracy']      # temperature never changes the predicted class
