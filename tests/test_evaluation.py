@@ -164,3 +164,25 @@ def test_calibrate_stores_temperature(chestct, tmp_path):
     assert isinstance(load_model_dir(m)[1].model, TemperatureScaled)
     e0, e1 = evaluate(d/'m', d/'ct'/'valid', split='all', ci_resamples=0), evaluate(m, d/'ct'/'valid', split='all', ci_resamples=0)
     assert e1['final']['accuracy'] == e0['final']['accuracy']      # temperature never changes the predicted class
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,recipe,eval_sub,kw', [
+    ('chest-ct', 'chestct-tiny', 'valid', dict(epochs=1, size=32)),
+    ('covid-ct-png', 'covid-tiny', '', dict(epochs=1, size=64)),
+])
+def test_split_all_on_shared_data_prints_cis(shared_data, tmp_path, capsys, name, recipe, eval_sub, kw):
+    "The issue's check: `medvision evaluate --split all` on real folders prints every headline metric with its CI."
+    from medvision.cli import main
+    root = shared_data(name)
+    train(recipe, root, tmp_path/'m', show_progress=False, **kw)
+    data = root/eval_sub if eval_sub else root
+    main(['evaluate', '--model', str(tmp_path/'m'), '--data', str(data), '--split', 'all', '--out', str(tmp_path/'ev'),
+          '--ci-resamples', '200'])
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path/'ev'/'metrics.json').read_text())
+    keys = ('accuracy', 'macro_f1', 'weighted_f1') if recipe.startswith('chestct') else ('fg_dice', 'miou')
+    for k in keys:
+        ci = m['final']['ci'][k]
+        assert f"{m['final'][k]:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]" in out
+    assert m['split'].startswith(f"all of {data}")
