@@ -186,3 +186,25 @@ def test_split_all_on_shared_data_prints_cis(shared_data, tmp_path, capsys, name
         ci = m['final']['ci'][k]
         assert f"{m['final'][k]:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]" in out
     assert m['split'].startswith(f"all of {data}")
+
+
+def test_uncertainty_study_votes_and_units(tmp_path):
+    "UNIFESP: CIs resample studies; slices voted per study; MRI NIfTI: votes per volume, CIs by case."
+    from medvision.interpret.classification import ClassPreds
+    from medvision.recipes.classification import uncertainty
+    classes = ['a', 'b']
+    probs = np.array([[.9, .1], [.8, .2], [.3, .7],  [.4, .6], [.45, .55], [.6, .4]])
+    targs = np.array([0, 0, 0, 1, 1, 1])
+    items = pd.DataFrame({'path': [f"{i}.png" for i in range(6)], 'label': [classes[t] for t in targs],
+                          'group': ['s1', 's1', 's1', 's2', 's2', 's2']})
+    cp = ClassPreds(probs, targs, classes, items, split_name='valid')
+    r = uncertainty(cp, get_recipe('bodypart-tiny'), 300, out=tmp_path)
+    assert r['ci']['accuracy']['unit'] == 'study' and r['ci']['accuracy']['n_units'] == 2
+    assert r['studies'] == {'n': 2, 'accuracy': 1.0, 'macro_f1': 1.0}          # s1 votes a (2 of 3), s2 votes b
+    assert r['ci']['studies.accuracy']['lo'] == 1.0 and (tmp_path/'reliability.png').exists() and 0 <= r['ece'] <= 1
+    mri = ClassPreds(probs, targs, classes, items.assign(volume=['v1', 'v1', 'v2', 'v3', 'v3', 'v3']))
+    r = uncertainty(mri, get_recipe('mri-tiny'), 300)
+    assert r['volumes']['n'] == 3 and r['volumes']['accuracy'] == pytest.approx(2/3)   # v2 (truth a) votes b
+    assert r['ci']['volumes.accuracy']['unit'] == 'case' and r['ci']['volumes.accuracy']['n_units'] == 2
+    r = uncertainty(ClassPreds(probs, targs, classes, items.assign(group=[str(i) for i in range(6)])), get_recipe('chestct-tiny'), 0)
+    assert 'studies' not in r and r['ci'] == {}
