@@ -10,6 +10,7 @@ from medvision.core import MedvisionError
 from medvision.synth import synth
 from medvision.recipes.core import get_recipe, get_task, train, evaluate, predict, load_model_dir
 from medvision.report import metrics_text
+from medvision.recipes.classification import read_items
 
 warnings.filterwarnings('ignore')
 
@@ -29,6 +30,7 @@ def n_all(recipe, data):
     ('chestct', 'chestct-tiny', dict(n=6, size=32), lambda d: len(images(d))),
     ('unifesp-png', 'bodypart-tiny', dict(n=12, size=32), lambda d: len(pd.read_csv(d/'train_df.csv'))),
     ('mri-folders', 'mri-tiny', dict(n=3, size=32), lambda d: len(images(d))),
+    ('mri-nifti', 'mri-tiny', dict(n=2, size=32), lambda d: len(read_items(get_recipe('mri-tiny'), d))),  # every slice kept
 ])
 def test_split_all_classification_layouts(tmp_path, layout, recipe, kw, count):
     d = synth(layout, tmp_path/layout, **kw)
