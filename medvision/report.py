@@ -74,6 +74,8 @@ def metric_tables(m:dict) -> dict:
         num = df.apply(pd.to_numeric, errors='coerce').fillna(0)
         df = df[(num != 0).any(axis=1)]   # classes absent from the data and never predicted carry no information
         res[k] = _with_ci(df.rename_axis('class').reset_index(), ci)
+        if k.endswith('_summary'): res[k] = res[k].rename(columns={'class': 'metric'})
+        elif k.startswith('per_') and k != 'per_class': res[k] = res[k].rename(columns={'class': k[4:]})
     return res
 
 def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
