@@ -114,17 +114,17 @@ def bootstrap_ci(confs, # Per-unit confusion matrices `(U,n,n)`
                  unit:str='image', # What a unit is: 'image', 'study', 'volume', 'case', 'patient'
                  alpha:float=0.05, # 0.05: 95 % intervals
                  batch:int=256) -> dict:
-    "`{metric: {'lo', 'hi', 'unit', 'n_units'}}`: percentile bootstrap intervals of every metric of `metric_fn`."
+    "`{metric: {'lo', 'hi', 'unit', 'n_units'}}`: percentile bootstrap intervals of every metric of `metric_fn` ({} under 2 units)."
     confs = np.asarray(confs)
-    if n_resamples <= 0 or not len(confs): return {}
+    if n_resamples <= 0 or len(confs) < 2: return {}   # one unit: every resample is that unit, [x, x] would mislead
     vals = metric_fn(bootstrap_confusions(confs, n_resamples, seed, batch))
     return {k: dict(zip(('lo', 'hi'), percentile_ci(v, alpha)), unit=unit, n_units=len(confs)) for k,v in vals.items()}
 
 def mean_ci(values, # One value per unit (e.g. the Dice of each volume); NaN units are dropped
             n_resamples:int=1000, seed:int=0, unit:str='volume', alpha:float=0.05) -> dict:
-    "Bootstrap interval of the mean of per-unit `values`: `{'lo', 'hi', 'unit', 'n_units'}` (empty when off)."
+    "Bootstrap interval of the mean of per-unit `values`: `{'lo', 'hi', 'unit', 'n_units'}` (empty when off or under 2 units)."
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    if n_resamples <= 0 or not len(v): return {}
+    if n_resamples <= 0 or len(v) < 2: return {}
     means = np.concatenate([c @ v for c in resample_counts(len(v), n_resamples, seed)]) / len(v)
     return dict(zip(('lo', 'hi'), percentile_ci(means, alpha)), unit=unit, n_units=len(v))

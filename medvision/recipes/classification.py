@@ -144,6 +144,7 @@ def uncertainty(cp:ClassPreds, # Single-label predictions of a set
         from medvision.interpret.classification import save_show
         save_show(plot_reliability(cp.probs, cp.targs, title=cp.split_name), Path(out)/'reliability.png', show=False)
     res['ci'] = ci
+    if n_ci > 0 and not ci: res['ci_note'] = f"no CI: {codes.max(initial=-1) + 1} {unit}(s), a bootstrap needs at least 2"
     return res
 
 # %% ../../nbs/52_recipes.classification.ipynb #efc59272

@@ -138,6 +138,7 @@ def volume_scores(dl, # The evaluated loader (its `items` are `SegItem`s)
         if mc: ci[f"mean_{k}"] = mc
     if out is not None: atomic_write_text(tab.to_csv(index=False, float_format='%.4f'), Path(out)/'per_volume.csv')
     res = {f"per_{unit}_summary": summ, 'ci': ci}
+    if n_ci > 0 and not ci: res['ci_note'] = f"no CI: {len(names)} {unit}(s), a bootstrap needs at least 2"
     if unit == 'volume':
         res['per_volume'] = {n: {k: (None if pd.isna(v) else v) for k,v in r.items() if k != unit} for n,r in zip(names, tab.to_dict('records'))}
     return res
