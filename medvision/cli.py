@@ -15,7 +15,7 @@ from .report import md_table, metrics_text, fmt_ci
 from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes',
+__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes',
            'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'cli_predict', 'cli_synth',
            'cli_dicom_info', 'cli_anonymize', 'main']
 
@@ -42,20 +42,10 @@ def _model_desc(mdir) -> str:
     r = json.loads((Path(mdir)/'recipe.json').read_text()).get('recipe', {})
     return f"the model in {mdir} is a {r.get('task')} model, recipe '{r.get('name')}'" + (f", layout '{r['layout']}'" if r.get('layout') else '')
 
-_IMG_EXTS = {'.dcm', '.dicom', '.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy', '.nii', '.gz'}
-
-def expand_inputs(inputs, exts=_IMG_EXTS) -> list:
-    "Files named in `inputs`, with folders expanded (recursively) to the image files below them."
-    res = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        if p.is_dir():
-            fs = sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')
-                        and (f.suffix.lower() in exts or f.suffix == ''))
-            if not fs: raise MedvisionError("no image files in folder", p)
-            res += fs
-        else: res.append(p)
-    return res
+def input_files(inputs, roles=None) -> list:
+    "The files named in `inputs` (a path or a list), folders expanded by `medvision.io.list_files` (imported lazily)."
+    from medvision.io import list_files
+    return list_files(inputs, roles=roles)
 
 # %% ../nbs/70_cli.ipynb #0fd75162
 def cli_recipes(task:str=None, # Only recipes of this task (`segmentation` or `classification`)
@@ -170,14 +160,26 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
             rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
     return pd.DataFrame(rows)
 
+def _write_submission(df, model, path, threshold):
+    "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
+    from medvision.core import atomic_write
+    from medvision.recipes.classification import submission_table
+    _,meta = load_recipes().read_model_meta(model)
+    if meta['recipe']['task'] != 'classification': raise MedvisionError("--submission needs a classification model", model)
+    ml = bool((meta.get('data_info') or {}).get('multi_label'))
+    sub = submission_table(df, meta.get('classes') or [], threshold=threshold, multi_label=ml)
+    atomic_write(path, lambda t: sub.to_csv(t, index=False))
+
 def cli_predict(model:Annotated[Path, "Model folder written by `medvision train` (or, with --trust-pickle, a fastai export .pkl)", {'required':True}]=None,
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
                 trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
+                threshold:float=None, # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
                 tta:TTA_ARG=None): # Flip test-time augmentation
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
-    files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
         df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
@@ -189,10 +191,12 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
+    if submission is not None: _write_submission(df, model, submission, threshold)
     import pandas as pd
     with pd.option_context('display.max_rows', 50, 'display.width', 200):
         print(df.to_string(index=False) if len(df) <= 50 else df)
     if csv is not None: print(f"written to {csv}")
+    if submission is not None: print(f"submission written to {submission}")
     return df
 
 # %% ../nbs/70_cli.ipynb #cb52ab15
@@ -202,9 +206,9 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               size:int=None, # Image size in pixels (default: the layout's)
               seed:int=0): # Random seed
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
-    from medvision.synth import LAYOUTS, synth
-    if layout not in LAYOUTS:
-        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(LAYOUTS)}")
+    from medvision.synth import SYNTH_LAYOUTS, synth
+    if layout not in SYNTH_LAYOUTS:
+        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
     p = synth(layout, out, n=n, size=size, seed=seed)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
     print(f"{layout}: {nf} files written to {p}")
@@ -218,7 +222,7 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
                    csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
     "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
-    fs = expand_inputs([files] if isinstance(files, (str, Path)) else files, exts={'.dcm', '.dicom', '.ima'})
+    fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
     bad = df[df['error'].notna()] if 'error' in df else df.iloc[:0]

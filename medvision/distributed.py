@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from fastcore.script import call_parse, bool_arg
 from .core import MedvisionError, check_exists
-import medvision.learner as _mv_learner
+from .learner import find_lr
 from .script import recipe_overrides, run_command, takes_overrides
 try: import accelerate  # noqa: F401 -- fastai.distributed needs it
 except ImportError: raise MedvisionError('medvision.distributed needs accelerate: pip install "medvision[distributed]"') from None
@@ -98,20 +98,13 @@ class MedvisionDistributedTrainer(DistributedTrainer):
     def after_validate(self):
         if not hasattr(self.learn, 'lr_finder'): sync_metric_state(self.learn.metrics)
 
-# %% ../nbs/61_distributed.ipynb #54ef934e
-@contextlib.contextmanager
-def _agreed_lr_find():
-    "Make `fit_schedule`'s `lr_find` run per process without DDP and use rank 0's suggestion everywhere."
-    orig = _mv_learner.find_lr
-    def find_lr(learn, show_plot=False):
-        dt = [c for c in learn.cbs if isinstance(c, DistributedTrainer)]
-        with learn.removed_cbs(*dt): lr = orig(learn, show_plot=show_plot)
-        t = torch.tensor([float(lr)], dtype=torch.float64)
-        return float(_bcast(t)[0])
-    _mv_learner.find_lr = find_lr
-    try: yield
-    finally: _mv_learner.find_lr = orig
+    def after_create(self): self.learn.suggest_lr = self.suggest_lr   # this learner's hook for `fit_schedule`
+    def suggest_lr(self) -> float:
+        "`lr_find` run by each process without DDP; every process uses rank 0's suggestion."
+        with self.learn.removed_cbs(self): lr = find_lr(self.learn)
+        return float(_bcast(torch.tensor([float(lr)], dtype=torch.float64))[0])
 
+# %% ../nbs/61_distributed.ipynb #54ef934e
 def _bcast(t, src=0):
     x = t.to(_comm_device()).clone(); dist.broadcast(x, src); return x.cpu()
 
@@ -138,7 +131,6 @@ def train_distributed(recipe, # A `Recipe`, a registered name, or a recipe `.jso
     info = dist_info()
     out = Path(out)
     with contextlib.ExitStack() as st:
-        st.enter_context(_agreed_lr_find())
         if info['rank'] == 0: dest,show = out,True
         else:
             dest = Path(st.enter_context(tempfile.TemporaryDirectory(prefix=f"medvision-rank{info['rank']}-")))

@@ -11,14 +11,14 @@ from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from ..core import MedvisionError, MRI_CLASSES, atomic_write_text
-from .classification import (read_class_folders, split_items, split_folders, _finish, IMG_EXTS, DCM_EXTS,
+from ..core import MedvisionError, MRI_CLASSES, atomic_write_text, cache_dir, cache_key, cache_seal, cache_valid
+from ..io import DICOM_EXTS, PIL_EXTS, FILE_TYPES
+from .classification import (read_class_folders, split_items, split_folders, finish_items,
                                            SPLIT_NAMES)
 
 # %% auto #0
 __all__ = ['MRI_SEQUENCES', 'MRI_CLASSES_T1C', 'NIFTI_EXTS', 'mri_sequence', 'mri_folder_class', 'read_mri_folders', 'foreground',
-           'volume_slices', 'default_cache', 'nifti_slices', 'find_volumes', 'read_mri_nifti', 'read_mri', 'vote',
-           'vote_volumes']
+           'volume_slices', 'nifti_slices', 'find_volumes', 'read_mri_nifti', 'read_mri', 'vote', 'vote_volumes']
 
 # %% ../../nbs/12_data.mri.ipynb #7dc24b6e
 MRI_SEQUENCES = {'t1': 'T1', 't1n': 'T1', 't1w': 'T1', 't1native': 'T1', 't2': 'T2', 't2w': 'T2',
@@ -57,7 +57,7 @@ def mri_folder_class(name:str, include_t1c:bool=False):
 def read_mri_folders(root, include_t1c:bool=False, valid_pct:float=0.2, seed:int=0, check:bool=False, skip_bad:bool=False):
     "Item table of the MRI class-folder layout (official split when there is one)."
     return read_class_folders(root, partial(mri_folder_class, include_t1c=include_t1c), MRI_CLASSES_T1C if include_t1c else MRI_CLASSES,
-                              'mri-folders', exts=IMG_EXTS + DCM_EXTS, valid_pct=valid_pct, seed=seed, check=check, skip_bad=skip_bad)
+                              'mri-folders', exts=PIL_EXTS + DICOM_EXTS, valid_pct=valid_pct, seed=seed, check=check, skip_bad=skip_bad)
 
 # %% ../../nbs/12_data.mri.ipynb #6f8a11d9
 def foreground(v:np.ndarray)->np.ndarray:
@@ -86,20 +86,15 @@ def volume_slices(vol:np.ndarray, # 3-D volume (a 4-D one uses its first channel
             for i in range(0, v.shape[axis], step) if frac[i] >= min_fg]
 
 # %% ../../nbs/12_data.mri.ipynb #f34e63db
-def default_cache()->Path:
-    "Folder for cached slices: `$MEDVISION_CACHE` or `<tmp>/medvision-cache`."
-    return Path(os.environ.get('MEDVISION_CACHE') or Path(tempfile.gettempdir())/'medvision-cache')
-
 def nifti_slices(fn, # A NIfTI volume
-                 cache=None, # Cache folder (default: `default_cache()/'mri-slices'`)
+                 cache=None, # Cache folder (default: the private `cache_dir('mri-slices')`)
                  axis:int=2, min_fg:float=0.05, lo:float=1, hi:float=99, step:int=1):
     "PNG paths of the kept slices of `fn` (written once to `cache`), and their slice indices."
     fn = Path(fn)
-    st = fn.stat()
-    key = hashlib.sha1(f"{fn.resolve()}|{st.st_size}|{st.st_mtime_ns}|{axis}|{min_fg}|{lo}|{hi}|{step}".encode()).hexdigest()[:12]
-    d = Path(cache or default_cache()/'mri-slices')/f"{_stem(fn.name)}-{key}"
+    key = cache_key(fn, axis=axis, min_fg=min_fg, lo=lo, hi=hi, step=step)   # named by the key only, never the input
+    d = (Path(cache) if cache else cache_dir('mri-slices'))/key
     idx_file = d/'slices.txt'
-    if idx_file.exists():
+    if cache_valid(d):
         idx = [int(l) for l in idx_file.read_text().split()]
         return [d/f"z{i:04d}.png" for i in idx], idx
     from medvision.io import read_volume
@@ -110,13 +105,14 @@ def nifti_slices(fn, # A NIfTI volume
     except MedvisionError: raise
     except Exception as e: raise MedvisionError(f"cannot read NIfTI volume ({type(e).__name__}: {e})", fn) from e
     sl = volume_slices(vol, axis=axis, min_fg=min_fg, lo=lo, hi=hi, step=step)
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     for i,s in sl: Image.fromarray(s).save(d/f"z{i:04d}.png")
-    atomic_write_text('\n'.join(str(i) for i,_ in sl), idx_file)   # written last: marks the folder complete
+    atomic_write_text('\n'.join(str(i) for i,_ in sl), idx_file)
+    cache_seal(d, [d/f"z{i:04d}.png" for i,_ in sl] + [idx_file])   # written last: only a complete entry is read
     return [d/f"z{i:04d}.png" for i,_ in sl], [i for i,_ in sl]
 
 # %% ../../nbs/12_data.mri.ipynb #9e4dba42
-NIFTI_EXTS = ('.nii', '.nii.gz')
+NIFTI_EXTS = FILE_TYPES['volume']
 _NOT_IMAGES = re.compile(r'(^|[^a-z])(seg|mask|label|labels)([^a-z]|$)')
 
 def find_volumes(root, include_t1c:bool=False, skip_bad:bool=False)->pd.DataFrame:
@@ -166,7 +162,7 @@ def read_mri_nifti(root, # Folder of case folders of NIfTI volumes (or train/val
     else:
         df = split_items(df, valid_pct, seed, stratify=False)
         name = df.attrs['split_name']
-    return _finish(df, classes, 'mri-nifti', name)
+    return finish_items(df, classes, 'mri-nifti', name)
 
 def read_mri(root, include_t1c:bool=False, **kwargs):
     "Item table of an MRI layout: NIfTI volumes if any are below `root`, else T1/T2/FLAIR class folders."

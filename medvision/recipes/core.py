@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
-from ..callbacks import _plain
+from ..callbacks import to_plain
+from ..io import list_files
 from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES
 from ..tta import FlipTTA, ProbEnsemble, tta_flips
 from ..calibration import TemperatureScaled
@@ -22,8 +23,8 @@ from ..report import fmt_ci
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
-           'register_task', 'get_task', 'ModelDls', 'data_info', 'check_extra', 'write_json', 'plot_history', 'train',
-           'read_model_meta', 'load_model_dir', 'evaluate', 'predict']
+           'register_task', 'get_task', 'ModelDls', 'dls_classes', 'data_info', 'check_extra', 'write_json',
+           'plot_history', 'train', 'read_model_meta', 'load_model_dir', 'evaluate', 'predict']
 
 # %% ../../nbs/50_recipes.core.ipynb #c8f41918
 SAMPLERS = (None, 'lesion', 'oversample', 'weighted')
@@ -93,7 +94,7 @@ class Recipe:
         self._check_keys(kw, 'replace()')
         return dataclasses.replace(copy.deepcopy(self), **kw)
 
-    def to_dict(self) -> dict: return _plain(dataclasses.asdict(self))
+    def to_dict(self) -> dict: return to_plain(dataclasses.asdict(self))
     @classmethod
     def from_dict(cls, d:dict) -> Recipe:
         "Build a `Recipe` from a dict (as written by `to_dict`/`recipe.json`)."
@@ -218,7 +219,16 @@ class ModelDls(SimpleNamespace):
                          c=len(classes), device=device or default_device(), path=Path('.'), n_inp=1,
                          train=None, valid=None, loaders=[])
 
-def _classes(dls):
+    def test_dl(self, items, bs:int=16, **kwargs):
+        "A DataLoader of `items` with the saved model's preprocessing (fastai's `dls.test_dl`, without the data)."
+        recipe = Recipe.from_dict(self.meta['recipe'])
+        task = get_task(recipe.task)
+        if not callable(getattr(task, 'build_test_dl', None)):
+            raise MedvisionError(f"the {recipe.task} task has no `build_test_dl`: load the model with its data instead")
+        return task.build_test_dl(recipe, self, items, bs=bs)
+
+def dls_classes(dls) -> list:
+    "The class names of `dls` (`classes`, `vocab` or `codes`, whichever it has)."
     for k in ('classes', 'vocab', 'codes'):
         v = getattr(dls, k, None)
         if v is not None and not callable(v):
@@ -228,10 +238,10 @@ def _classes(dls):
 
 def data_info(task, recipe, dls) -> dict:
     "JSON-able facts about the data that a saved model needs: `classes`, `split` and the adapter's `data_info`."
-    info = {'classes': _classes(dls), 'split': getattr(dls, 'split_name', None) or recipe.split or 'valid'}
+    info = {'classes': dls_classes(dls), 'split': getattr(dls, 'split_name', None) or recipe.split or 'valid'}
     if callable(getattr(task, 'data_info', None)):
         info.update({k: v for k,v in (task.data_info(recipe, dls) or {}).items() if v is not None})
-    return _plain(info)
+    return to_plain(info)
 
 # %% ../../nbs/50_recipes.core.ipynb #5e5e30d0
 COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)")}
@@ -261,7 +271,7 @@ def _versions() -> dict:
             'python': platform.python_version()}
 
 def _json_safe(o):
-    o = _plain(o)
+    o = to_plain(o)
     if isinstance(o, float) and not math.isfinite(o): return None
     if isinstance(o, dict): return {k: _json_safe(v) for k,v in o.items()}
     if isinstance(o, list): return [_json_safe(v) for v in o]
@@ -428,7 +438,7 @@ def read_model_meta(model_dir) -> tuple:
     return d, meta
 
 def _check_classes(meta, dls, where):
-    want,got = meta.get('classes'),_classes(dls)
+    want,got = meta.get('classes'),dls_classes(dls)
     if want is not None and got is not None and list(want) != list(got):
         raise MedvisionError(f"the data's classes {got} differ from the model's {want}: wrong data for this model?", where)
 
@@ -486,14 +496,6 @@ def evaluate(model_dir, # Model folder written by `train`
     if out is not None: write_json(res, Path(out)/'metrics.json')
     return res
 
-def _expand(inputs) -> list:
-    if isinstance(inputs, (str, Path)): inputs = [inputs]
-    files = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        files += sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')) if p.is_dir() else [p]
-    if not files: raise MedvisionError(f"no input files found in {list(map(str, inputs))}")
-    return files
 
 def predict(model_dir, # Model folder written by `train`
             inputs, # Files or folders (folders are searched recursively)
@@ -501,6 +503,6 @@ def predict(model_dir, # Model folder written by `train`
             tta=False) -> pd.DataFrame: # Flip test-time augmentation (True: the task's default flips)
     "Predict with a saved model (or a cv fold ensemble) on `inputs`; returns the adapter's table (one row per file)."
     recipe,learn = load_model_dir(model_dir, tta=tta)
-    files = _expand(inputs)
+    files = list_files(inputs)
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True)
     return get_task(recipe.task).predict_files(learn, recipe, files, Path(out) if out is not None else None)
