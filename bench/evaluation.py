@@ -1,7 +1,7 @@
 """Evaluation like a paper (issue 14): bootstrap 95 % CIs, flip TTA vs none, 5-fold CV and the fold ensemble on chest CT.
 
-One model (`chestct-tiny`, the seed-003 baseline CNN at 64 px, from scratch, one epoch by default: the 2 shared CPU
-cores of the bench machine allow about 15 min for 6 trainings) is trained on the official
+One model (`chestct-tiny`, the seed-003 baseline CNN at 64 px, from scratch, one epoch by default: six trainings;
+the recorded run took 55 min on 2 CPU cores shared with other jobs, ~15 min of CPU time) is trained on the official
 `train` folder (validated on the official `valid` folder), then scored on **all** of `valid` (72 images) without
 and with flip TTA. Five group-aware, stratified folds of `train` give five more models (each scored on its own
 fold), whose probability-average ensemble is scored on all of `valid`. Every metric carries its bootstrap 95 % CI
