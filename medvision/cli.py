@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.script import anno_parser, bool_arg
 from .core import MedvisionError, check_exists
-from .report import md_table, metrics_text
+from .report import md_table, metrics_text, fmt_ci
 from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
-           'cli_train', 'cli_evaluate', 'predict_exported', 'predict_volume_inputs', 'cli_predict', 'cli_synth',
-           'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'main']
+__all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes',
+           'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'predict_volume_inputs',
+           'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -93,16 +93,46 @@ def cli_train(recipe:str, # Recipe name (see `medvision recipes`)
     print(f"\n{r.name}: final metrics\n{metrics_text(res)}")
     return res
 
+# %% ../nbs/70_cli.ipynb #c00b4f3f
+TTA_ARG = Annotated[str, "Flip test-time augmentation: bare `--tta` = the task's default flips, or `h`, `v`, `h,v`",
+                    {'nargs':'?', 'const':'default'}]
+
+def _tta(v): return True if v == 'default' else (v or False)
+
 # %% ../nbs/70_cli.ipynb #38560753
 def cli_evaluate(model:Annotated[Path, "Model folder written by `medvision train`", {'required':True}]=None,
                  data:Annotated[Path, "Labelled dataset folder in the model's layout", {'required':True}]=None,
                  out:Annotated[Path, "Output folder for metrics.json, the report and plots", {'required':True}]=None,
-                 split:str='valid'): # Which split of `data`: `valid`, `train`, or `test` where the layout has a labelled test split
-    "Evaluate the trained `model` on the `split` split of `data`: metrics JSON, report and plots in `out`."
+                 split:str='valid', # `valid`, `train`, `all` (every labelled item of `data`: an external set) or `test` where labelled
+                 tta:TTA_ARG=None, # Flip test-time augmentation
+                 ci_resamples:int=1000): # Bootstrap resamples for the 95 % CIs (0: none; seeded, so reruns agree)
+    "Evaluate the trained `model` (or a `cv` fold ensemble) on the `split` split of `data`, with 95 % CIs: metrics JSON, report and plots in `out`."
     mdir = check_model_dir(model)
     check_exists(data, 'data folder')
-    with hint(_model_desc(mdir)): res = load_recipes().evaluate(mdir, data, split=split, out=out)
+    with hint(_model_desc(mdir)):
+        res = load_recipes().evaluate(mdir, data, split=split, out=out, tta=_tta(tta), ci_resamples=ci_resamples)
     print(f"\n{mdir}: metrics on {data} ({res.get('split', split)})\n{metrics_text(res)}\nwritten to {out}")
+    return res
+
+# %% ../nbs/70_cli.ipynb #1363c4ce
+@takes_overrides(but=['arch', 'pretrained'])
+def cli_cv(recipe:str, # Recipe name (see `medvision recipes`)
+           data:Annotated[Path, "Labelled dataset folder in one of the recipe's layouts", {'required':True}]=None,
+           out:Annotated[Path, "Output folder: fold_<k>/ model folders, cv.json, and the ensemble's recipe.json", {'required':True}]=None,
+           folds:int=5, # Number of group-aware (stratified where possible) folds
+           fold:int=None, # Train only this fold (0-based), e.g. one process per GPU; the last one collects
+           fold_seed:int=0, # Seed of the fold assignment
+           **kwargs): # The `recipe_overrides` options (`--epochs`, `--size`, `--bs`, `--seed`, `--lr`)
+    "K-fold cross-validation of `recipe` on `data`: one model per fold, per-fold metrics and mean ± sd; `--model OUT` is their ensemble."
+    r = load_recipes().get_recipe(recipe)
+    check_exists(data, 'data folder')
+    from medvision.recipes.evaluation import cv
+    res = cv(r, data, out, folds=folds, fold=fold, seed=fold_seed, **recipe_overrides(**kwargs))
+    import pandas as pd
+    rows = [{'fold': f['fold'], **{k: (fmt_ci(f[k], f['ci'].get(k)) if k in f else '') for k in res['mean']}} for f in res['per_fold']]
+    rows.append({'fold': 'mean ± sd', **{k: f"{res['mean'][k]:.3f} ± {res['sd'][k] or 0:.3f}" for k in res['mean']}})
+    print(f"\n{r.name}: {len(res['folds'])} of {res.get('folds_planned')} folds ({res.get('how')})\n{pd.DataFrame(rows).to_string(index=False)}")
+    print(f"written to {out}/ (evaluate/predict --model {out} use the fold ensemble)")
     return res
 
 # %% ../nbs/70_cli.ipynb #a4e09199
@@ -167,10 +197,10 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
                 threshold:float=None, # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
                 format:str=None, # Volumes: outputs, comma-separated among nifti,dicom-seg,png (default: all three)
-                tta:bool=False, # Volumes: average with the left-right flipped slices
+                tta:TTA_ARG=None, # Flip test-time augmentation (volumes: averaged with the left-right flipped slices)
                 lcc:bool=False): # Volumes: keep only the two largest connected lung regions
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation; volumes → NIfTI/DICOM-SEG/PNG + volumes.csv."
-    vdf,inputs = predict_volume_inputs(model, [inputs] if isinstance(inputs, (str, Path)) else inputs, out, format, tta, lcc)
+    vdf,inputs = predict_volume_inputs(model, [inputs] if isinstance(inputs, (str, Path)) else inputs, out, format, bool(_tta(tta)), lcc)
     if not inputs:
         if csv is not None:
             from medvision.core import atomic_write
@@ -184,7 +214,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
         core = load_recipes()
         mdir,meta = core.read_model_meta(model)
         if out is None and meta['recipe']['task'] == 'segmentation': out = Path('predictions')  # masks need a folder; a class table does not
-        with hint(_model_desc(mdir)): df = core.predict(mdir, files, out=out)
+        with hint(_model_desc(mdir)): df = core.predict(mdir, files, out=out, tta=_tta(tta))
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
@@ -286,7 +316,7 @@ def _tune_cmd():
 
 COMMANDS = {'recipes': cli_recipes, 'demo': cli_demo, 'train': cli_train, 'evaluate': cli_evaluate,
             'predict': cli_predict, 'synth': cli_synth, 'dicom-info': cli_dicom_info, 'anonymize': cli_anonymize,
-            'tune': _tune_cmd}
+            'tune': _tune_cmd, 'cv': cli_cv}
 
 # %% ../nbs/70_cli.ipynb #146a0951
 def cli_weights(action:Annotated[str, "list, export or import", {'choices': ['list', 'export', 'import']}],

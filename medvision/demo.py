@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, time
 from pathlib import Path
 from .core import MedvisionError, atomic_write_text
-from .report import md_table, metrics_markdown, metrics_text
+from .report import md_table, metrics_markdown, metrics_text, fmt_ci
 
 # %% auto #0
 __all__ = ['DEMO_TASKS', 'chance_level', 'demo_report', 'run_demo']
@@ -52,7 +52,8 @@ def demo_report(out, # The demo folder
     out = Path(out)
     lines = ['# medvision demo report', '',
              f"Synthetic data in the real on-disk layouts, CPU training, wall time {wall_s:.0f} s.", '',
-             md_table(pd.DataFrame([{'task': k, 'recipe': r['recipe'], 'metric': r['metric'], 'value': r['value'],
+             md_table(pd.DataFrame([{'task': k, 'recipe': r['recipe'], 'metric': r['metric'],
+                                     'value [95% CI]': fmt_ci(r['value'], r.get('ci')),
                                      'chance': r['chance'], 'train s': r['train_time_s']} for k,r in results.items()])), '']
     for k,r in results.items():
         d = out/k
@@ -60,7 +61,8 @@ def demo_report(out, # The demo folder
                   f"- data: `{_rel(r['data'], out)}` (`medvision synth {r['layout']}`), split: {r['split']}",
                   f"- recipe: `{r['recipe']}` with {', '.join(f'{a}={b}' for a,b in r['overrides'].items())}",
                   f"- model folder: `{k}/` (`model.pth` weights-only state dict + `recipe.json`)",
-                  f"- **{r['metric']} = {r['value']:.3f}** (chance ≈ {r['chance']:.3f})", '',
+                  f"- **{r['metric']} = {fmt_ci(r['value'], r.get('ci'))}** (95 % bootstrap CI over "
+                  f"{(r.get('ci') or {}).get('n_units', '?')} {(r.get('ci') or {}).get('unit', 'unit')}s; chance ≈ {r['chance']:.3f})", '',
                   metrics_markdown({'final': r['final']}), '']
         imgs = [p for p in [d/'loss.png', d/'confusion.png'] if p.exists()] + sorted((d/'overlays').glob('*.png'))[:4]
         lines += [f"![{p.stem}]({_rel(p, out)})" for p in imgs] + ['']
@@ -107,14 +109,15 @@ def run_demo(out='demo_out', # Folder for data, models, plots, `report.md` and `
         print(f"\n{k} ({t['recipe']}) final metrics on the {res['split']} split:\n{metrics_text(res)}")
         results[k] = dict(title=t['title'], layout=t['layout'], recipe=t['recipe'], data=str(data), overrides=ov,
                           split=res['split'], metric=t['metric'], value=fin.get(t['metric']), chance=chance_level(fin, k),
+                          ci=(fin.get('ci') or {}).get(t['metric']),
                           train_time_s=res.get('train_time_s'), final=fin, predictions=_pred_table(pr, data))
     wall = time.time() - t0
     summ = {'wall_s': round(wall, 1), 'quick': quick, 'seed': seed,
-            'tasks': {k: {a: r[a] for a in ('recipe', 'layout', 'split', 'metric', 'value', 'chance', 'train_time_s')}
+            'tasks': {k: {a: r[a] for a in ('recipe', 'layout', 'split', 'metric', 'value', 'ci', 'chance', 'train_time_s')}
                       for k,r in results.items()}}
     write_json(summ, out/'demo_metrics.json')
     atomic_write_text(demo_report(out, results, wall) + '\n', out/'report.md')
-    tab = pd.DataFrame([{'task': k, 'recipe': r['recipe'], 'metric': r['metric'], 'value': round(r['value'], 4),
+    tab = pd.DataFrame([{'task': k, 'recipe': r['recipe'], 'metric': r['metric'], 'value [95% CI]': fmt_ci(r['value'], r.get('ci')),
                          'chance': round(r['chance'], 4)} for k,r in results.items()])
     print(f"\n=== medvision demo done in {wall:.0f} s\n{tab.to_string(index=False)}\n"
           f"report: {out/'report.md'}  metrics: {out/'demo_metrics.json'}")

@@ -10,7 +10,7 @@ import os, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['md_table', 'metric_tables', 'metrics_text', 'metrics_markdown', 'data_roots', 'runtime', 'find_data']
+__all__ = ['md_table', 'fmt_ci', 'metric_tables', 'metrics_text', 'metrics_markdown', 'data_roots', 'runtime', 'find_data']
 
 # %% ../nbs/45_report.ipynb #e7b71a08
 def md_table(df, floatfmt:str='.4f', index:bool=False) -> str:
@@ -34,19 +34,48 @@ def _flat(d:dict, prefix:str='') -> dict:
         elif isinstance(v, (int, float, str)) and not isinstance(v, bool): res[f"{prefix}{k}"] = v
     return res
 
+def fmt_ci(value, # The point value
+           ci:dict=None, # `{'lo', 'hi', ...}` (missing: the value alone)
+           digits:int=3) -> str:
+    "`0.746 [0.701, 0.790]`: a value with its 95 % confidence interval."
+    if value is None or (isinstance(value, float) and value != value): return 'n/a'
+    if not ci or ci.get('lo') is None or ci.get('hi') is None: return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+_CI_COL = {'f1-score': 'f1'}   # per-class table column -> prefix of its CI keys (`f1_<class>`, `dice_<class>`, ...)
+_CI_ROW = {'accuracy': 'accuracy', 'macro avg': 'macro_f1', 'weighted avg': 'weighted_f1'}  # report rows with a set-level CI
+
+def _with_ci(df, ci):
+    "Per-class table `df` (first column `class`) with each cell that has a CI written as `value [lo, hi]`."
+    df = df.copy()
+    for col in df.columns[1:]:
+        keys = [_CI_ROW[c] if col == 'f1-score' and c in _CI_ROW else f"{_CI_COL.get(col, col)}_{c}" for c in df['class']]
+        if any(k in ci for k in keys):
+            df[col] = [fmt_ci(v, ci.get(k)) if k in ci and isinstance(v, (int, float)) else v for v,k in zip(df[col], keys)]
+    return df
+
+def _ci_note(ci):
+    units = {(v.get('unit'), v.get('n_units')) for v in ci.values() if isinstance(v, dict)}
+    return '; '.join(f"{n} {u}s" for u,n in sorted(units, key=str))
+
 def metric_tables(m:dict) -> dict:
-    "`{'summary': scalars, <name>: per-class table}` DataFrames from a `train`/`evaluate` result `m` (or its `final`)."
+    "`{'summary': scalars, <name>: per-class table}` DataFrames from a `train`/`evaluate` result `m` (or its `final`); metrics with a `final.ci` entry read `value [lo, hi]`."
     import pandas as pd
     f = m.get('final', m) if isinstance(m, dict) else {}
     f = f if isinstance(f, dict) else {}
-    tabs = {k: v for k,v in f.items() if isinstance(v, dict) and v and all(isinstance(o, dict) for o in v.values())}
-    sc = _flat({k: v for k,v in f.items() if k not in tabs})
-    res = {'summary': pd.DataFrame({'metric': list(sc), 'value': list(sc.values())})}
+    ci = f.get('ci') if isinstance(f.get('ci'), dict) else {}
+    tabs = {k: v for k,v in f.items() if k != 'ci' and isinstance(v, dict) and v and all(isinstance(o, dict) for o in v.values())}
+    sc = _flat({k: v for k,v in f.items() if k not in tabs and k != 'ci'})
+    vals = [fmt_ci(v, ci[k]) if k in ci and isinstance(v, (int, float)) else v for k,v in sc.items()]
+    if ci: sc,vals = {**sc, '95% CI (bootstrap over)': None},vals + [_ci_note(ci)]
+    res = {'summary': pd.DataFrame({'metric': list(sc), 'value': vals})}
     for k,v in tabs.items():
         df = pd.DataFrame(v).T
         num = df.apply(pd.to_numeric, errors='coerce').fillna(0)
         df = df[(num != 0).any(axis=1)]   # classes absent from the data and never predicted carry no information
-        res[k] = df.rename_axis('class').reset_index()
+        res[k] = _with_ci(df.rename_axis('class').reset_index(), ci)
+        if k.endswith('_summary'): res[k] = res[k].rename(columns={'class': 'metric'})
+        elif k.startswith('per_') and k != 'per_class': res[k] = res[k].rename(columns={'class': k[4:]})
     return res
 
 def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)

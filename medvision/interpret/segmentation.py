@@ -86,12 +86,13 @@ def plot_overlays(images, preds, targs, # Sequences of slices, predicted and tru
 def predict_dl(model, # A `nn.Module` or a fastai `Learner`
                dl, # Yields `(x, y)` batches (a fastai `DataLoader` or any iterable)
                n_classes:int, # Number of classes
-               keep:int=8): # Samples kept for overlays
+               keep:int=8, # Samples kept for overlays
+               per_image:bool=False): # Return one confusion matrix per image `(N,n,n)` (for per-volume tables and CIs)
     "Confusion matrix over `dl` plus the first `keep` `(images, preds, targs)`, without storing all predictions."
     m = getattr(model, 'model', model)
     was = m.training; m.eval()
     dev = next(m.parameters()).device
-    conf,kept = torch.zeros(n_classes, n_classes, dtype=torch.int64),([],[],[])
+    conf,kept,per = torch.zeros(n_classes, n_classes, dtype=torch.int64),([],[],[]),[]
     try:
         for xb,yb in dl:
             xb = xb.to(dev)
@@ -99,10 +100,12 @@ def predict_dl(model, # A `nn.Module` or a fastai `Learner`
                 out = m(xb)
             p = out.argmax(1).cpu()
             yb = yb.cpu()
-            conf += seg_confusion(p, yb, n_classes)
+            if per_image: per += [seg_confusion(p[i:i+1], yb[i:i+1], n_classes) for i in range(len(p))]
+            else: conf += seg_confusion(p, yb, n_classes)
             for k in range(min(len(xb), keep - len(kept[0]))):
                 kept[0].append(xb[k].float().cpu()); kept[1].append(p[k]); kept[2].append(yb[k])
     finally: m.train(was)
+    if per_image: conf = torch.stack(per) if per else torch.zeros(0, n_classes, n_classes, dtype=torch.int64)
     return conf, kept
 
 # %% ../../nbs/40_interpret.segmentation.ipynb #cc2da30f

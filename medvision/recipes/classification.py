@@ -20,11 +20,14 @@ from ..data.classification import split_items, read_unifesp, read_chestct, class
 from ..io import file_role
 from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
+from ..bootstrap import unit_codes, unit_confusions, bootstrap_ci, class_metrics
+from ..calibration import ece, plot_reliability
 from .core import Recipe, register_recipe, dls_classes
 
 # %% auto #0
-__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
-           'build_metrics', 'evaluate_dl', 'build_test_dl', 'predict_files', 'submission_table', 'build_eval_dl']
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'UNITS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model',
+           'build_loss', 'build_metrics', 'uncertainty', 'evaluate_dl', 'build_test_dl', 'predict_files',
+           'submission_table', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
 EXTRA = {
@@ -120,6 +123,54 @@ def build_metrics(recipe:Recipe, dls):
         return [partial(accuracy_multi, thresh=t), multilabel_f1(t)]
     return [accuracy, macro_f1(), weighted_f1()]
 
+# %% ../../nbs/52_recipes.classification.ipynb #83a0f2b6
+UNITS = {'unifesp': 'study', 'mri': 'case', 'chestct': 'image'}
+
+def _units(cp, recipe):
+    "Unit codes of `cp`'s items and what a unit is: the layout's group (study/case) when it groups images, else the image."
+    g = cp.items['group'].astype(str) if 'group' in cp.items.columns else None
+    if g is None or g.nunique() == len(g): return unit_codes(range(len(cp)))[0], 'image'
+    return unit_codes(g)[0], UNITS.get(recipe.layout, 'group')
+
+def _vote_scores(cp, vol, codes, unit, n_ci, seed=0):
+    "Vote the slices of each `vol` id, score the votes; CIs resample `unit`s. `(scores, ci)`."
+    vv = vote_volumes(pd.DataFrame({'volume': vol, 'label': cp.items['label'].values}), cp.probs, cp.classes)
+    idx = {c: i for i,c in enumerate(cp.classes)}
+    first = pd.Series(codes).groupby(vol, sort=False).first().values
+    uc = unit_confusions(unit_codes(first)[0], vv['label'].map(idx), vv['class'].map(idx), len(cp.classes))
+    pm = class_metrics(uc.sum(0))
+    ci = bootstrap_ci(uc, lambda c: {k: class_metrics(c)[k] for k in ('accuracy', 'macro_f1')}, n_ci, seed, unit)
+    return dict(n=len(vv), accuracy=float(pm['accuracy']), macro_f1=float(pm['macro_f1'])), ci
+
+def uncertainty(cp:ClassPreds, # Single-label predictions of a set
+                recipe:Recipe, # Its recipe (the layout says what a unit is)
+                n_ci:int=1000, # Bootstrap resamples (0: no intervals)
+                out=None, # Folder for `reliability.png` and `votes.csv`
+                seed:int=0) -> dict:
+    "`ci` of accuracy/F1s/per-class F1, `volumes`/`studies` vote scores, `ece` of `cp`."
+    codes,unit = _units(cp, recipe)
+    C = len(cp.classes)
+    uc = unit_confusions(codes, cp.targs, cp.preds, C)
+    pm = class_metrics(uc.sum(0), cp.classes)
+    ci = {k: v for k,v in bootstrap_ci(uc, lambda c: class_metrics(c, cp.classes), n_ci, seed, unit).items()
+          if not np.isnan(pm[k])}
+    res = {}
+    vol = None
+    if 'volume' in cp.items.columns: vol,name = cp.items['volume'].astype(str).values,'volumes'
+    elif recipe.layout == 'mri' and unit != 'image':    # slice folders: the case's folder of one sequence is a volume
+        vol,name = (cp.items['group'].astype(str) + '/' + cp.items['path'].map(lambda f: Path(f).parent.name)).values,'volumes'
+    elif unit != 'image': vol,name = cp.items['group'].astype(str).values,'studies'
+    if vol is not None:
+        res[name],vci = _vote_scores(cp, vol, codes, unit, n_ci, seed)
+        ci.update({f"{name}.{k}": v for k,v in vci.items()})
+    res['ece'] = ece(cp.probs, cp.targs)
+    if out is not None:
+        from medvision.interpret.classification import save_show
+        save_show(plot_reliability(cp.probs, cp.targs, title=cp.split_name), Path(out)/'reliability.png', show=False)
+    res['ci'] = ci
+    if n_ci > 0 and not ci: res['ci_note'] = f"no CI: {codes.max(initial=-1) + 1} {unit}(s), a bootstrap needs at least 2"
+    return res
+
 # %% ../../nbs/52_recipes.classification.ipynb #efc59272
 def _split_of(learn, dl):
     s = getattr(dl, 'split_name', None)
@@ -128,7 +179,7 @@ def _split_of(learn, dl):
     return 'valid'
 
 def evaluate_dl(learn, dl, recipe:Recipe, out=None)->dict:
-    "Scores of `learn` on `dl` (+ `report.txt`, `report.csv`, `confusion.png` in `out`)."
+    "Scores of `learn` on `dl` with 95 % CIs, votes, ECE (+ `report.txt/.csv`, `confusion.png`, `reliability.png` in `out`)."
     split = _split_of(learn, dl)
     cp = get_preds(learn, dl, split_name=split)
     is_test = split.lower().startswith('test')
@@ -139,19 +190,14 @@ def evaluate_dl(learn, dl, recipe:Recipe, out=None)->dict:
         res['most_confused'] = [list(o) for o in most_confused(cp)[:10]]
         cm = plot_confusion(cp, Path(out)/'confusion.png' if out is not None else None, show=False)
         res['confusion'] = cm.tolist()
-        if 'volume' in cp.items.columns:
-            vv = vote_volumes(cp.items, cp.probs, cp.classes)
-            res['volumes'] = dict(n=len(vv), accuracy=float((vv['class'] == vv['label']).mean()),
-                                  macro_f1=float(_f1(vv['label'], vv['class'])))
+        res.update(uncertainty(cp, recipe, getattr(learn, 'mv_ci_resamples', 1000), out))
+    else: res['ci_note'] = 'no CI: multi-label scores are not bootstrapped yet'
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(f"split: {split}\n\n" + s['report_text'], out/'report.txt')
         s['report'].to_csv(out/'report.csv')
     return res
 
-def _f1(t, p):
-    from sklearn.metrics import f1_score
-    return f1_score(list(t), list(p), average='macro', zero_division=0)
 
 # %% ../../nbs/52_recipes.classification.ipynb #8c6a8e28
 def _info(learn, recipe):
@@ -250,10 +296,10 @@ def submission_table(pred:pd.DataFrame, # `predict`'s table: `path`, `prob_<clas
 
 # %% ../../nbs/52_recipes.classification.ipynb #b31cfeff
 def build_eval_dl(recipe:Recipe, data, split:str='valid'):
-    "A labelled DataLoader for `split` ('train', 'valid' or 'test') of `data`."
+    "A labelled DataLoader for `split` ('train', 'valid', 'test', or 'all': every labelled item, no re-split) of `data`."
     df = read_items(recipe, data)
-    if split not in ('train', 'valid', 'test'): raise MedvisionError(f"unknown split {split!r}: use 'train', 'valid' or 'test'")
-    part = df[df['split'] == split]
+    if split not in ('train', 'valid', 'test', 'all'): raise MedvisionError(f"unknown split {split!r}: use 'train', 'valid', 'test' or 'all'")
+    part = df if split == 'all' else df[df['split'] == split]
     if not len(part): raise MedvisionError(f"no {split} images in this dataset ({df.attrs.get('split_name')})", data if not isinstance(data, pd.DataFrame) else None)
     tbl = pd.concat([part.assign(split='train'), part.assign(split='valid')], ignore_index=True)
     tbl.attrs.update(df.attrs)
@@ -263,6 +309,7 @@ def build_eval_dl(recipe:Recipe, data, split:str='valid'):
     dl = dls.valid
     dl.classes = dls.classes
     dl.split_name = f"{split} ({df.attrs.get('split_name')})" if split != 'valid' else df.attrs.get('split_name')
+    if split == 'all': dl.split_name = f"all of {data if not isinstance(data, pd.DataFrame) else 'the item table'} ({len(part)} images)"
     return dl
 
 # %% ../../nbs/52_recipes.classification.ipynb #c6aebee6

@@ -19,6 +19,9 @@ from ..io import list_files
 from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, MaxSteps
 from functools import partial
 from fastcore.foundation import L
+from ..tta import FlipTTA, ProbEnsemble, tta_flips
+from ..calibration import TemperatureScaled
+from ..report import fmt_ci
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
@@ -338,7 +341,8 @@ def _extra_cbs(recipe) -> list:
 
 def _summary(res:dict) -> str:
     fin = {k: v for k,v in (res.get('final') or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    fin_s = ', '.join(f"{k} {v:.4g}" for k,v in list(fin.items())[:8])
+    ci = (res.get('final') or {}).get('ci') or {}
+    fin_s = ', '.join(f"{k} {fmt_ci(v, ci[k]) if k in ci else format(v, '.4g')}" for k,v in list(fin.items())[:8])
     best = (f"best epoch {res['best_epoch']} ({res['monitor']} {res['best_value']:.4g})"
             if res.get('best_epoch') is not None and res.get('best_value') is not None else 'no best epoch')
     return (f"{res['recipe']}: {res['epochs_run']} epoch(s){' (stopped early)' if res.get('stopped_early') else ''}, {best}; "
@@ -412,13 +416,36 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
     print(f"wrote {out}/: model.pth, recipe.json, metrics.json, loss.png, checkpoint.pth")
     return res
 
+# %% ../../nbs/50_recipes.core.ipynb #7876f1b7
+def _multi(recipe): return bool((recipe.extra or {}).get('multi_label', False))
+
+def _fold_norm(meta, fmeta):
+    "`(scale, shift)` taking inputs standardised with `meta`'s stats to the fold's own stats."
+    a,b = (meta.get('data_info') or {}).get('stats'),(fmeta.get('data_info') or {}).get('stats')
+    if not a or not b: return (1., 0.)
+    return (float(a[1])/float(b[1]), (float(a[0]) - float(b[0]))/float(b[1]))
+
+def _load_net(d, meta, recipe, task, dls):
+    "The network of model folder `d`: its weights (+ temperature), or the ensemble of its folds."
+    if (d/'cv.json').exists() and not (d/'model.pth').exists():
+        folds = json.loads((d/'cv.json').read_text()).get('folds') or []
+        if not folds: raise MedvisionError("cv.json lists no trained folds: run `medvision cv` for each fold first", d/'cv.json')
+        fm = [read_model_meta(d/f)[1] for f in folds]
+        nets = [_load_net(d/f, m, recipe, task, dls) for f,m in zip(folds, fm)]
+        return ProbEnsemble(nets, multi_label=_multi(recipe), norms=[_fold_norm(meta, m) for m in fm])
+    model = task.build_model(recipe.replace(pretrained=False), dls)
+    load_weights(model, d/'model.pth')
+    if (d/'temperature.json').exists():
+        model = TemperatureScaled(model, json.loads((d/'temperature.json').read_text())['temperature'])
+    return model
+
 # %% ../../nbs/50_recipes.core.ipynb #a990cca7
 def read_model_meta(model_dir) -> tuple:
     "`(folder, recipe.json contents)` of a model folder (or of the folder holding a given `model.pth`/`recipe.json`)."
     d = Path(model_dir)
     if d.is_file(): d = d.parent
     check_exists(d, 'model folder')
-    missing = [n for n in ('recipe.json', 'model.pth') if not (d/n).exists()]
+    missing = [n for n in ('recipe.json', 'model.pth') if not (d/n).exists() and not (n == 'model.pth' and (d/'cv.json').exists())]
     if missing: raise MedvisionError(f"not a medvision model folder: {' and '.join(missing)} missing (written by `medvision train`)", d)
     try: meta = json.loads((d/'recipe.json').read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise MedvisionError(f"is not valid JSON ({e})", d/'recipe.json') from None
@@ -431,8 +458,9 @@ def _check_classes(meta, dls, where):
     if want is not None and got is not None and list(want) != list(got):
         raise MedvisionError(f"the data's classes {got} differ from the model's {want}: wrong data for this model?", where)
 
-def load_model_dir(model_dir, # Folder with recipe.json + model.pth (written by `train`)
-                   data=None): # Optional dataset: build real DataLoaders from it (else a `ModelDls`)
+def load_model_dir(model_dir, # Folder with recipe.json + model.pth (written by `train`), or a `cv` folder (fold ensemble)
+                   data=None, # Optional dataset: build real DataLoaders from it (else a `ModelDls`)
+                   tta=False): # Flip test-time augmentation: True (the task's default flips), 'h', 'h,v', ...
     "Rebuild `(recipe, learn)` from a model folder, loading weights with `weights_only=True`."
     d,meta = read_model_meta(model_dir)
     recipe = Recipe.from_dict(meta['recipe'])
@@ -441,12 +469,13 @@ def load_model_dir(model_dir, # Folder with recipe.json + model.pth (written by 
         dls = task.build_dls(recipe, data)
         _check_classes(meta, dls, data)
     else: dls = ModelDls(meta)
-    model = task.build_model(recipe.replace(pretrained=False), dls)
-    load_weights(model, d/'model.pth')
+    model = _load_net(d, meta, recipe, task, dls)
     learn = make_learner(dls, model, task.build_loss(recipe, dls), task.build_metrics(recipe, dls), patience=None, out=None,
                          amp=recipe.amp)  # no training here: nothing monitored, nothing written
+    fl = tta_flips(tta, recipe.task)
+    if fl: learn.model = FlipTTA(learn.model, fl, multi_label=_multi(recipe))
     learn.model.eval()
-    learn.mv_recipe,learn.mv_meta = recipe,meta
+    learn.mv_recipe,learn.mv_meta,learn.mv_tta = recipe,meta,fl
     return recipe, learn
 
 def _eval_dl(task, recipe, data, split, meta):
@@ -462,11 +491,14 @@ def _eval_dl(task, recipe, data, split, meta):
 
 def evaluate(model_dir, # Model folder written by `train`
              data, # Labelled dataset in a layout the recipe's task reads
-             split:str='valid', # Which split of `data`: 'valid', 'train' (or what the adapter's `build_eval_dl` knows, e.g. 'test')
-             out=None): # Folder for metrics.json (+ whatever the adapter writes); None writes nothing
+             split:str='valid', # 'valid', 'train', 'all' (every labelled item of `data`, no re-split; e.g. an external set) or 'test'
+             out=None, # Folder for metrics.json (+ whatever the adapter writes); None writes nothing
+             tta=False, # Flip test-time augmentation (True: the task's default flips; 'h', 'h,v', ...)
+             ci_resamples:int=1000): # Bootstrap resamples for the 95 % CIs (0: none)
     "Evaluate a saved model on `split` of `data`; returns (and writes to `out/metrics.json`) the metrics."
     d,meta = read_model_meta(model_dir)
-    recipe,learn = load_model_dir(d)
+    recipe,learn = load_model_dir(d, tta=tta)
+    learn.mv_ci_resamples = int(ci_resamples or 0)
     task = get_task(recipe.task)
     dl,dls = _eval_dl(task, recipe, data, split, meta)
     if dls is not None: learn.dls = dls
@@ -475,16 +507,18 @@ def evaluate(model_dir, # Model folder written by `train`
     split_name = getattr(dl, 'split_name', None) or (getattr(dls, 'split_name', None) if split == 'valid' else None)
     split_name = split_name or (meta.get('split') if split == 'valid' else None) or split
     res = _json_safe({'model': str(d), 'recipe': recipe.name, 'task': recipe.task, 'data': _data_str(data),
-                      'split': split_name, 'classes': meta.get('classes'), 'final': final})
+                      'split': split_name, 'classes': meta.get('classes'), 'tta': list(learn.mv_tta) or None,
+                      'ci_resamples': learn.mv_ci_resamples, 'final': final})
     if out is not None: write_json(res, Path(out)/'metrics.json')
     return res
 
 
 def predict(model_dir, # Model folder written by `train`
             inputs, # Files or folders (folders are searched recursively)
-            out=None) -> pd.DataFrame: # Where the adapter may write outputs (e.g. predicted masks)
-    "Predict with a saved model on `inputs`; returns the adapter's table (one row per file)."
-    recipe,learn = load_model_dir(model_dir)
+            out=None, # Where the adapter may write outputs (e.g. predicted masks)
+            tta=False) -> pd.DataFrame: # Flip test-time augmentation (True: the task's default flips)
+    "Predict with a saved model (or a cv fold ensemble) on `inputs`; returns the adapter's table (one row per file)."
+    recipe,learn = load_model_dir(model_dir, tta=tta)
     files = list_files(inputs)
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True)
     return get_task(recipe.task).predict_files(learn, recipe, files, Path(out) if out is not None else None)

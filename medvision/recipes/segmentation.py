@@ -17,12 +17,14 @@ from ..losses import SegLoss, balanced_weights
 from ..intensity import Standardize, HUWindow
 from ..metrics import ForegroundDice, MeanIoU, DiceScore, BatchMeanDice
 from ..interpret.segmentation import predict_dl, seg_report, save_overlays
+from ..bootstrap import unit_codes, sum_by_unit, bootstrap_ci, seg_metrics, mean_ci
 from .core import Recipe, register_recipe
 
 # %% auto #0
 __all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'COVID_UNETPP_LITE0', 'SEED004_UNETPP_B3',
            'SEED001_UNETPP_B2', 'SEG_AUGS', 'seg_preset', 'seed004_weights', 'build_dls', 'data_info', 'plain_inputs',
-           'build_model', 'class_counts', 'build_loss', 'build_metrics', 'evaluate_dl', 'slice_probs', 'predict_files']
+           'build_model', 'class_counts', 'build_loss', 'build_metrics', 'volume_scores', 'evaluate_dl', 'slice_probs',
+           'predict_files', 'build_eval_dl']
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #54dafe6f
 EXTRA = {
@@ -195,6 +197,43 @@ def build_metrics(recipe, dls):
     ms += [DiceScore(c, name=f"dice_{dls.classes[c]}") for c in range(n_fg)]
     return ms + ([BatchMeanDice(len(dls.classes))] if recipe.monitor == 'batch_mean_dice' else [])
 
+# %% ../../nbs/51_recipes.segmentation.ipynb #6848555a
+def _units_of(dl, n):
+    items = list(getattr(dl, 'items', None) or [])
+    vols = [str(it.vol) for it in items] if len(items) == n and all(hasattr(it, 'vol') for it in items) else [str(i) for i in range(n)]
+    codes,names = unit_codes(vols)
+    return codes, names, ('volume' if len(names) < n else 'image')
+
+def volume_scores(dl, # The evaluated loader (its `items` are `SegItem`s)
+                  confs, # Per-image confusion matrices `(N,n,n)` in `dl`'s order
+                  classes, n_fg:int, # Class names; the first `n_fg` are lesions
+                  n_ci:int=1000, # Bootstrap resamples (0: no intervals)
+                  out=None, # Folder for `per_volume.csv`
+                  seed:int=0) -> dict:
+    "`ci` of the set-level metrics (resampling volumes), `per_volume` table and its mean ± sd summary."
+    codes,names,unit = _units_of(dl, len(confs))
+    cu = sum_by_unit(codes, confs, len(names))
+    fn = lambda c: seg_metrics(c, classes, n_fg)
+    pm,pv = fn(cu.sum(0)),fn(cu)
+    ci = {k: v for k,v in bootstrap_ci(cu, fn, n_ci, seed, unit).items() if np.isfinite(pm[k])}
+    true_px,pred_px = cu[:, :n_fg, :].sum((1, 2)),cu[:, :, :n_fg].sum((1, 2))
+    tab = pd.DataFrame({unit: names, 'n_slices': np.bincount(codes, minlength=len(names)), 'fg_dice': pv['fg_dice'],
+                        **{f"dice_{c}": pv[f"dice_{c}"] for c in classes[:n_fg]},
+                        'lesion_px_true': true_px, 'lesion_px_pred': pred_px, 'lesion_px_error': pred_px - true_px})
+    summ = {}
+    for k in ['fg_dice', *[f"dice_{c}" for c in classes[:n_fg]], 'lesion_px_true', 'lesion_px_pred', 'lesion_px_error']:
+        v = tab[k].astype(float).values
+        ok = v[np.isfinite(v)]
+        summ[k] = dict(mean=float(ok.mean()) if len(ok) else None, sd=float(ok.std(ddof=1)) if len(ok) > 1 else None, n=len(ok))
+        mc = mean_ci(v, n_ci, seed, unit)
+        if mc: ci[f"mean_{k}"] = mc
+    if out is not None: atomic_write_text(tab.to_csv(index=False, float_format='%.4f'), Path(out)/'per_volume.csv')
+    res = {f"per_{unit}_summary": summ, 'ci': ci}
+    if n_ci > 0 and not ci: res['ci_note'] = f"no CI: {len(names)} {unit}(s), a bootstrap needs at least 2"
+    if unit == 'volume':
+        res['per_volume'] = {n: {k: (None if pd.isna(v) else v) for k,v in r.items() if k != unit} for n,r in zip(names, tab.to_dict('records'))}
+    return res
+
 # %% ../../nbs/51_recipes.segmentation.ipynb #c8f42316
 def _use_model_stats(learn, dl):
     "Make `dl` standardise with the saved model's training stats (when `learn` came from a model folder)."
@@ -206,17 +245,19 @@ def _use_model_stats(learn, dl):
             t.mean,t.std,t._dev = float(st[0]),float(st[1]),{}
 
 def evaluate_dl(learn, dl, recipe, out=None):
-    "Set-level per-class Dice/IoU, mIoU, foreground Dice and split name on `dl`; writes table + overlays into `out`."
+    "Set-level per-class Dice/IoU, mIoU, foreground Dice with 95 % CIs, per-volume table; writes tables + overlays into `out`."
     classes = list(getattr(dl, 'classes', None) or learn.dls.classes)
     n_fg = getattr(dl, 'n_fg', None) or _n_fg(learn.dls)
     _use_model_stats(learn, dl)
     n_ov = int((recipe.extra or {}).get('n_overlays', 8))
-    conf,kept = predict_dl(learn, dl, len(classes), keep=n_ov if out is not None else 0)
+    confs,kept = predict_dl(learn, dl, len(classes), keep=n_ov if out is not None else 0, per_image=True)
+    conf = confs.sum(0)
     tab,summ = seg_report(conf, classes, n_fg)
     res = {'split': getattr(dl, 'split_name', None) or getattr(learn.dls, 'split_name', None) or 'valid',
            'n_images': len(dl.dataset) if hasattr(dl, 'dataset') else None, 'classes': classes,
            'fg_classes': classes[:n_fg], **summ,
            'per_class': {c: {k: (None if pd.isna(v) else float(v)) for k,v in row.items()} for c,row in tab.iterrows()}}
+    res.update(volume_scores(dl, confs.numpy(), classes, n_fg, getattr(learn, 'mv_ci_resamples', 1000), out))
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(tab.to_csv(float_format='%.4f'), out/'per_class.csv')
@@ -301,3 +342,21 @@ def predict_files(learn, recipe, files, out=None):
             row['mask_npy'],row['mask_png'] = str(out/f"{stem}.npy"),str(pngs[0] if len(pngs) == 1 else out/f"{stem}_*.png")
         rows.append(row)
     return pd.DataFrame(rows)
+
+# %% ../../nbs/51_recipes.segmentation.ipynb #a4e69454
+def build_eval_dl(recipe, # A segmentation `Recipe`
+                  data, # Dataset folder (any layout `detect_layout` knows)
+                  split:str='valid'): # 'valid' / 'train' (the recipe's split) or 'all' (every labelled slice)
+    "A labelled, un-augmented, unshuffled loader for `split` of `data` (`split_name` says which)."
+    from medvision.data.seg_layouts import open_source
+    kw = dict(augs=False, lesion_weight=None)
+    if split in ('valid', 'train'):
+        dls = build_dls(recipe, data, **kw)
+        return dls.valid if split == 'valid' else dls.train.new(shuffle=False, drop_last=False)
+    if split != 'all': raise MedvisionError(f"unknown split {split!r} for segmentation: use 'valid', 'train' or 'all'", data)
+    src = open_source(data, recipe.layout, **((recipe.extra or {}).get('source_kw') or {}))
+    n = len(src.items)
+    if not n: raise MedvisionError("no labelled slices in this dataset", data)
+    dl = build_dls(recipe, src, split=(list(range(n)), list(range(n))), **kw).valid
+    dl.split_name = f"all of {data} ({n} slices)"
+    return dl
