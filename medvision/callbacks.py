@@ -19,7 +19,7 @@ from .core import MedvisionError, atomic_save, check_exists
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'state_dict_cpu', 'save_weights', 'check_state_dict', 'load_weights', 'rng_state',
            'set_rng_state', 'is_training_fit', 'HistoryCallback', 'default_comp', 'SaveBestCallback',
-           'EarlyStopCallback', 'CheckpointCallback']
+           'EarlyStopCallback', 'check_finite_model', 'FiniteLossCallback', 'CheckpointCallback']
 
 # %% ../nbs/31_callbacks.ipynb #e6e6b3cd
 def state_dict_cpu(model) -> dict:
@@ -192,6 +192,7 @@ class SaveBestCallback(_Tracker):
     def after_epoch(self):
         if self._improved():
             self.best_epoch = _global_epoch(self.learn)
+            check_finite_model(self.learn.model, f"at epoch {self.best_epoch}")  # never save NaN weights as the best
             save_weights(self.learn.model, self.fname)
             print(f"Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best_value:.6g}.")
 
@@ -229,6 +230,25 @@ class EarlyStopCallback(_Tracker):
     def load_state(self, st, resume_fit=True):
         self.best_value,self.wait,self.stopped_epoch = st['best_value'],st['wait'],st['stopped_epoch']
         self._keep = resume_fit  # keep this state through the next before_fit (a resumed fit)
+
+# %% ../nbs/31_callbacks.ipynb #718ac7cd
+def check_finite_model(model, # The network (or a `Learner`'s model)
+                       when:str=''): # Where in training, for the message (e.g. 'at epoch 3')
+    "Raise a `MedvisionError` if any floating-point weight of `model` is NaN or infinite (such weights are never saved)."
+    bad = [k for k,v in get_model(model).state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise MedvisionError(f"training diverged{' ' + when if when else ''}: {len(bad)} weight tensor(s) are NaN/inf "
+                                 f"(e.g. {bad[0]}); no model was saved. Lower the learning rate (--lr) or check the data")
+
+class FiniteLossCallback(Callback):
+    "Stop a training fit with a `MedvisionError` naming the epoch and batch as soon as the training loss is NaN or infinite."
+    order = -5  # before any callback that could act on the step
+    def before_fit(self): self.run = is_training_fit(self.learn)
+    def after_loss(self):
+        if not self.training or bool(torch.isfinite(self.learn.loss_grad).all()): return
+        v = float(self.learn.loss_grad.detach().float().mean())
+        raise MedvisionError(f"the training loss became {v} at epoch {_global_epoch(self.learn)} (batch {self.iter}); "
+                             "training stopped before that step, so no NaN weights were saved. Lower the learning rate "
+                             "(--lr), or look for NaN/inf values or empty masks in the training data")
 
 # %% ../nbs/31_callbacks.ipynb #de96579b
 CHECKPOINT_FORMAT = 'medvision-checkpoint-2'  # 2: torch AdamW optimizer state (1: fastai's Adam)

@@ -12,6 +12,7 @@ from fastai.data.transforms import ItemGetter
 from fastai.learner import Metric
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastcore.test import test_eq
 
 from medvision.core import MedvisionError, seed_everything, atomic_save
 from medvision.callbacks import save_weights, load_weights, CHECKPOINT_FORMAT
@@ -277,3 +278,27 @@ def test_checkpoint_from_another_version_says_so(tmp_path):
         load_checkpoint(f)
     atomic_save({'weights': 1}, f)
     with pytest.raises(MedvisionError, match='is not a medvision training checkpoint'): load_checkpoint(f)
+
+
+def opt_state(learn):
+    "The optimiser's per-parameter state and hyper-parameters, as plain comparable values."
+    sd = learn.opt.state_dict()
+    return [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for s in sd['state']], sd['hypers']
+
+
+@pytest.mark.parametrize('schedule,at', [('one_cycle', 1), ('one_cycle', 3), ('flat_cos', 1), ('flat_cos', 2),
+                                         ('seed000', 1), ('seed000', 2), ('seed000', 3)])
+def test_resume_exact_every_schedule(tmp_path, schedule, at):
+    "Issue 12.5: a resumed run's history, weights and optimiser state equal an uninterrupted run's, per schedule."
+    kw = dict(epochs=2 if schedule == 'seed000' else 4, lr=1e-2, freeze_epochs=2)
+    def run(out, cbs=None, res=False):
+        learn = build(out, cbs=cbs)
+        quiet_schedule(learn, schedule, start_epoch=resume(learn) if res else 0, load_best=False, **kw)
+        return learn
+    full = run(tmp_path / 'full')
+    with pytest.raises(TrainingInterrupted): run(tmp_path / 'cut', RaiseAt(at))
+    learn = run(tmp_path / 'cut', res=True)
+    test_eq([r['epoch'] for r in learn.mv_history], list(range(4)))
+    assert hist(learn) == hist(full) and learn.mv_lrs == full.mv_lrs
+    assert same_weights(learn.model, full.model)
+    test_eq(opt_state(learn), opt_state(full))
