@@ -231,7 +231,7 @@ class EarlyStopCallback(_Tracker):
         self.best_value,self.wait,self.stopped_epoch = st['best_value'],st['wait'],st['stopped_epoch']
         self._keep = resume_fit  # keep this state through the next before_fit (a resumed fit)
 
-# %% ../nbs/31_callbacks.ipynb #718ac7cd
+# %% ../nbs/31_callbacks.ipynb #c22807d7
 def check_finite_model(model, # The network (or a `Learner`'s model)
                        when:str=''): # Where in training, for the message (e.g. 'at epoch 3')
     "Raise a `MedvisionError` if any floating-point weight of `model` is NaN or infinite (such weights are never saved)."
@@ -286,8 +286,9 @@ class CheckpointCallback(Callback):
         "Write the checkpoint for `epoch` completed epochs atomically."
         atomic_save(self.state(epoch, done, partial), self.fname)
         self.saved_epoch = self.learn._mv_ckpt_epoch = int(epoch)
+        self.batches = 0
 
-    def after_epoch(self): self.save(_global_epoch(self.learn) + 1); self.batches = 0
+    def after_epoch(self): self.save(_global_epoch(self.learn) + 1)
     def after_fit(self):
         ph = getattr(self.learn, 'mv_phase', None) or {}
         self.save(int(ph.get('offset', 0)) + int(self.learn.n_epoch), done=True)
@@ -295,8 +296,10 @@ class CheckpointCallback(Callback):
     def on_interrupt(self) -> str:
         "Called on Ctrl-C inside a training fit: make sure a resumable checkpoint exists; return a message."
         done = _global_epoch(self.learn)  # epochs completed before the interrupted one
-        extra = ''
-        if getattr(self.learn, '_mv_ckpt_epoch', None) == done and self.fname.exists():
+        saved,extra = getattr(self.learn, '_mv_ckpt_epoch', None),''
+        if saved is not None and saved >= done and self.fname.exists():
+            # the checkpoint is at this epoch's start, or already past it (Ctrl-C after an epoch's or a fit's checkpoint)
+            done = saved
             if self.batches:
                 save_weights(self.learn.model, self.fname.parent/'interrupted.pth')
                 extra = f"; weights from the middle of epoch {done} are in {self.fname.parent/'interrupted.pth'}"

@@ -12,7 +12,6 @@ from fastai.data.transforms import ItemGetter
 from fastai.learner import Metric
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
-from fastcore.test import test_eq
 
 from medvision.core import MedvisionError, seed_everything, atomic_save
 from medvision.callbacks import save_weights, load_weights, CHECKPOINT_FORMAT
@@ -286,8 +285,20 @@ def opt_state(learn):
     return [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for s in sd['state']], sd['hypers']
 
 
+class RaiseLate(Callback):
+    "Ctrl-C that lands *after* the checkpoint was written: at the end of global epoch `at`, or in the `after_fit` of phase `fit`."
+    order = 70  # after CheckpointCallback (65)
+    def __init__(self, at=None, fit=None): self.at, self.fit = at, fit
+    def after_epoch(self):
+        if self.at is not None and self.epoch + (self.learn.mv_phase or {}).get('offset', 0) == self.at: raise KeyboardInterrupt
+    def after_fit(self):
+        if hasattr(self.learn, 'lr_finder') or self.fit is None: return
+        if (self.learn.mv_phase or {}).get('name') == self.fit: raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize('schedule,at', [('one_cycle', 1), ('one_cycle', 3), ('flat_cos', 1), ('flat_cos', 2),
-                                         ('seed000', 1), ('seed000', 2), ('seed000', 3)])
+                                         ('seed000', 1), ('seed000', 2), ('seed000', 3),
+                                         ('flat_cos', 'late 1'), ('seed000', 'late 0'), ('seed000', 'fit frozen')])
 def test_resume_exact_every_schedule(tmp_path, schedule, at):
     "Issue 12.5: a resumed run's history, weights and optimiser state equal an uninterrupted run's, per schedule."
     kw = dict(epochs=2 if schedule == 'seed000' else 4, lr=1e-2, freeze_epochs=2)
@@ -296,9 +307,11 @@ def test_resume_exact_every_schedule(tmp_path, schedule, at):
         quiet_schedule(learn, schedule, start_epoch=resume(learn) if res else 0, load_best=False, **kw)
         return learn
     full = run(tmp_path / 'full')
-    with pytest.raises(TrainingInterrupted): run(tmp_path / 'cut', RaiseAt(at))
+    if isinstance(at, int): stop = RaiseAt(at)
+    else: stop = RaiseLate(at=int(at.split()[1])) if at.startswith('late') else RaiseLate(fit=at.split()[1])
+    with pytest.raises(TrainingInterrupted): run(tmp_path / 'cut', stop)
     learn = run(tmp_path / 'cut', res=True)
-    test_eq([r['epoch'] for r in learn.mv_history], list(range(4)))
+    assert [r['epoch'] for r in learn.mv_history] == list(range(4))
     assert hist(learn) == hist(full) and learn.mv_lrs == full.mv_lrs
     assert same_weights(learn.model, full.model)
-    test_eq(opt_state(learn), opt_state(full))
+    assert opt_state(learn) == opt_state(full)

@@ -279,7 +279,7 @@ def plot_history(history:list, # `learn.mv_history` / `metrics.json['history']`
     if path is not None: atomic_write(path, lambda t: fig.savefig(t, format='png'))
     return fig
 
-# %% ../../nbs/50_recipes.core.ipynb #7a74476d
+# %% ../../nbs/50_recipes.core.ipynb #f777e019
 _LOCK = '.medvision-train.lock'
 
 def _pid_alive(pid:int) -> bool:
@@ -315,7 +315,7 @@ def run_lock(out):
             if created and not any(out.iterdir()): out.rmdir()  # a run that wrote nothing leaves no empty folder
         except OSError: pass
 
-# %% ../../nbs/50_recipes.core.ipynb #9244a571
+# %% ../../nbs/50_recipes.core.ipynb #5286231e
 def _staging_dir(out:Path) -> Path:
     "A fresh temporary folder next to `out` (inside it if the parent is not writable) where a new run is built."
     for parent,name in ((out.parent, f".{out.name}.medvision-new-"), (out, '.medvision-new-')):

