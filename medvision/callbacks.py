@@ -261,7 +261,7 @@ def _opt_state(opt):
 class CheckpointCallback(Callback):
     "Write a resumable checkpoint to `fname` after every epoch and at the end of each fit; save on Ctrl-C."
     order = 65
-    def __init__(self, fname='checkpoint.pth'): self.fname,self.saved_epoch,self.batches = Path(fname),None,0
+    def __init__(self, fname='checkpoint.pth'): self.fname,self.saved_epoch,self.batches,self._pending = Path(fname),None,0,None
 
     def before_fit(self): self.run,self.batches = is_training_fit(self.learn),0
     def after_step(self): self.batches += 1  # weights changed since the last epoch boundary
@@ -276,17 +276,19 @@ class CheckpointCallback(Callback):
         return {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'phase': _plain(ph), 'partial': partial,
                 'model': state_dict_cpu(learn.model), 'opt': _opt_state(learn.opt),
                 'frozen_idx': int(getattr(learn.opt, 'frozen_idx', 0) or 0),
-                'rng': rng_state(learn.dls), 'lrs': _plain(dict(learn.mv_lrs)), 'history': _plain(learn.mv_history),
+                'rng': rng_state(learn.dls), 'lrs': _plain(dict(learn.mv_lrs)),
+                'history': _plain([h for h in learn.mv_history if h['epoch'] < epoch]),  # completed epochs only
                 'callbacks': _plain(cbs), 'scaler': scaler.state_dict() if scaler is not None else None,
-                'recorder': {'values': _plain(r.values), 'lrs': _plain(r.lrs), 'losses': _plain(r.losses),
+                'recorder': {'values': _plain(r.values[:max(int(epoch) - int(ph['offset']), 0)]), 'lrs': _plain(r.lrs), 'losses': _plain(r.losses),
                              'iters': _plain(r.iters), 'smooth_count': int(r.smooth_loss.count),
                              'smooth_val': float(r.smooth_loss.val)}}
 
     def save(self, epoch:int, done:bool=False, partial:bool=False):
         "Write the checkpoint for `epoch` completed epochs atomically."
-        atomic_save(self.state(epoch, done, partial), self.fname)
+        self._pending = self.state(epoch, done, partial)  # kept until written: a Ctrl-C during the write writes it again
+        atomic_save(self._pending, self.fname)
         self.saved_epoch = self.learn._mv_ckpt_epoch = int(epoch)
-        self.batches = 0
+        self.batches,self._pending = 0,None
 
     def after_epoch(self): self.save(_global_epoch(self.learn) + 1)
     def after_fit(self):
@@ -295,6 +297,11 @@ class CheckpointCallback(Callback):
 
     def on_interrupt(self) -> str:
         "Called on Ctrl-C inside a training fit: make sure a resumable checkpoint exists; return a message."
+        if self._pending is not None:  # interrupted while writing an epoch-boundary checkpoint: finish that one
+            st = self._pending
+            atomic_save(st, self.fname)
+            self.saved_epoch = self.learn._mv_ckpt_epoch = int(st['epoch'])
+            self.batches,self._pending = 0,None
         done = _global_epoch(self.learn)  # epochs completed before the interrupted one
         saved,extra = getattr(self.learn, '_mv_ckpt_epoch', None),''
         if saved is not None and saved >= done and self.fname.exists():

@@ -84,3 +84,75 @@ def test_sigint_resume_one_cycle(chest, tmp_path): _sigint_resume(chest, tmp_pat
 
 @pytest.mark.slow
 def test_sigint_resume_seed000(chest, tmp_path): _sigint_resume(chest, tmp_path, 'seed000')
+
+
+# ---- nothing lost: --overwrite, the run lock -----------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def model(chest):
+    "chestct-tiny trained for one epoch through the command."
+    d, _ = chest
+    ok(mv('train', RECIPE, '--data', d/'data', '--out', d/'model', '--epochs', 1, *TRAIN))
+    return d/'model'
+
+
+def snapshot(d): return {p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.is_file()}
+
+
+def test_overwrite_with_broken_data_keeps_the_old_run(chest, model, tmp_path):
+    import shutil
+    d, _ = chest
+    run = tmp_path/'run'; shutil.copytree(model, run)
+    before = snapshot(run)
+    (tmp_path/'broken'/'train'/'normal').mkdir(parents=True)  # a chest-CT layout without a single image
+    fails(mv('train', RECIPE, '--data', tmp_path/'broken', '--out', run, '--overwrite', *TRAIN), 'no images')
+    assert snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ['broken', 'run']  # no staging left
+    fails(mv('train', RECIPE, '--data', d/'data', '--out', run, *TRAIN), 'already holds a run', '--overwrite')
+    # a lock left by a process that no longer runs is taken over; --overwrite with good data replaces the run
+    (run/'.medvision-train.lock').write_text(f"{2**22 + 12345} {os.uname().nodename}\n")
+    r = ok(mv('train', RECIPE, '--data', d/'data', '--out', run, '--overwrite', '--epochs', 1, '--seed', 7, *TRAIN))
+    assert 'stale lock' in r.stdout and not (run/'.medvision-train.lock').exists()
+    assert json.loads((run/'recipe.json').read_text())['recipe']['seed'] == 7 and snapshot(run)['model.pth'] != before['model.pth']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['broken', 'run']
+
+
+def test_second_train_into_the_same_out_fails_at_once(chest, tmp_path):
+    d, _ = chest
+    first = popen('train', RECIPE, '--data', d/'data', '--out', tmp_path/'run', '--epochs', 3, *TRAIN)
+    try:
+        assert wait_for(lambda: (tmp_path/'run'/'.medvision-train.lock').exists(), first), first.communicate()
+        fails(mv('train', RECIPE, '--data', d/'data', '--out', tmp_path/'run', *TRAIN), 'another `medvision train`', 'pid')
+    finally:
+        first.send_signal(signal.SIGINT); first.communicate(timeout=300)
+
+
+# ---- refuse nonsense -----------------------------------------------------------------------------------------------
+
+def test_non_finite_learning_rate_and_divergence(chest, tmp_path):
+    d, _ = chest
+    for lr in ('inf', 'nan', '-1'):
+        fails(mv('train', RECIPE, '--data', d/'data', '--out', tmp_path/'o', '--lr', lr, *TRAIN), '`lr` must be', 'finite')
+    assert not (tmp_path/'o').exists()
+    line = fails(mv('train', RECIPE, '--data', d/'data', '--out', tmp_path/'o', '--lr', 1e30, '--epochs', 3, *TRAIN))
+    assert 'epoch' in line and ('loss became nan' in line or 'diverged' in line), line
+    assert not list(tmp_path.rglob('*.pth'))  # no NaN model (and no half-built run) is left anywhere
+
+
+# ---- classification predict: every listed type, exit codes --------------------------------------------------------
+
+def test_classification_predict_exit_codes(chest, model, tmp_path):
+    from PIL import Image
+    d, _ = chest
+    src = sorted((d/'data'/'test').rglob('*.png'))[:2]
+    (tmp_path/'in'/'a').mkdir(parents=True); (tmp_path/'in'/'b').mkdir()
+    for sub, f in zip('ab', src): (tmp_path/'in'/sub/'scan.png').write_bytes(f.read_bytes())  # same name, two folders
+    np.save(tmp_path/'in'/'slice.npy', np.asarray(Image.open(src[0]), dtype=np.float32))
+    (tmp_path/'in'/'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    r = ok(mv('predict', '--model', model, tmp_path/'in', '--csv', tmp_path/'p.csv'))
+    df = pd.read_csv(tmp_path/'p.csv')
+    assert sorted(df['input']) == ['a/scan.png', 'b/scan.png', 'broken.png', 'slice.npy']  # .npy is not dropped
+    assert df.set_index('input')['class'].notna().to_dict() == {'a/scan.png': True, 'b/scan.png': True,
+                                                                 'broken.png': False, 'slice.npy': True}
+    assert '1 of 4 input(s) could not be predicted' in r.stderr
+    fails(mv('predict', '--model', model, tmp_path/'in'/'broken.png'), 'none of the 1 input(s) could be predicted', 'broken.png')
+    fails(mv('predict', '--model', model, src[0], '--csv', tmp_path), 'is a folder', '--csv')

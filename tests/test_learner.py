@@ -315,3 +315,25 @@ def test_resume_exact_every_schedule(tmp_path, schedule, at):
     assert hist(learn) == hist(full) and learn.mv_lrs == full.mv_lrs
     assert same_weights(learn.model, full.model)
     assert opt_state(learn) == opt_state(full)
+
+
+@pytest.mark.parametrize('when', ['after_rename', 'before_rename'])
+def test_ctrl_c_while_writing_the_first_checkpoint(tmp_path, monkeypatch, when):
+    "Ctrl-C that lands inside the first epoch-boundary checkpoint write (the CLI SIGINT race): the resume is still exact."
+    import medvision.callbacks as cbm
+    full = quiet_fit(build(tmp_path / 'full'), 3)
+    real, calls = cbm.atomic_save, []
+    def flaky(obj, path):
+        if Path(path).name == 'checkpoint.pth': calls.append(path)
+        if len(calls) == 1 and Path(path).name == 'checkpoint.pth':
+            if when == 'after_rename': real(obj, path)
+            raise KeyboardInterrupt
+        return real(obj, path)
+    monkeypatch.setattr(cbm, 'atomic_save', flaky)
+    with pytest.raises(TrainingInterrupted): quiet_fit(build(tmp_path / 'cut'), 3)
+    monkeypatch.setattr(cbm, 'atomic_save', real)
+    ck = load_checkpoint(tmp_path / 'cut' / 'checkpoint.pth')
+    assert ck['epoch'] == 1 and not ck['partial'] and [h['epoch'] for h in ck['history']] == [0]
+    learn = build(tmp_path / 'cut')
+    quiet_fit(learn, 3, start_epoch=resume(learn))
+    assert hist(learn) == hist(full) and same_weights(learn.model, full.model)
