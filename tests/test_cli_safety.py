@@ -77,6 +77,9 @@ def _sigint_resume(chest, tmp_path, schedule):
     assert same(weights(tmp_path/'cut'/'checkpoint.pth')['model'], weights(tmp_path/'full'/'checkpoint.pth')['model'])
 
 
+# Each runs three `medvision train` processes (~40 s of CPU, 2-3 min wall on the shared 2-core machine): slow.
+# The same resume logic is covered in the normal suite, in-process, by tests/test_learner.py::test_resume_exact_every_schedule.
+@pytest.mark.slow
 def test_sigint_resume_flat_cos(chest, tmp_path): _sigint_resume(chest, tmp_path, 'flat_cos')
 
 @pytest.mark.slow

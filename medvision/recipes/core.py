@@ -430,7 +430,8 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
             if res['history']: plot_history(res['history'], work/'loss.png', recipe.monitor)
         except BaseException as e:
             if work != out:
-                keep = isinstance(e, KeyboardInterrupt) and (work/'checkpoint.pth').exists() and (work/'model.pth').exists()
+                keep = (isinstance(e, KeyboardInterrupt) and (work/'checkpoint.pth').exists()
+                        and ((work/'model.pth').exists() or not old))  # never trade an old model for a run without one
                 if keep:  # resumable with --resume from `out`
                     _commit_run(work, out, replace=True)
                     print(f"The interrupted run is in {out}: continue it with `medvision train ... --out {out} --resume`")
