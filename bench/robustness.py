@@ -12,7 +12,7 @@ import json, os, re, resource, sys, tempfile, time, traceback, warnings
 from collections import Counter
 from pathlib import Path
 
-from pydicom.data import get_testdata_files
+from pydicom.data.data_manager import DATA_ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from medvision.core import MedvisionError, atomic_write_text, shared_data
@@ -24,7 +24,8 @@ def corpus_files():
     out = []
     root = shared_data('dicom-corpus')
     if root is not None: out += [('dicom-corpus', p) for p in sorted(root.rglob('*')) if p.is_file()]
-    out += [('pydicom', Path(p)) for p in sorted(get_testdata_files()) if Path(p).is_file()]
+    local = Path(DATA_ROOT)/'test_files'   # the installed test files only: never pydicom's downloads
+    out += [('pydicom', p) for p in sorted(local.rglob('*')) if p.is_file() and p.suffix != '.py']
     return out
 
 

@@ -22,6 +22,7 @@ from .callbacks import *
 from .learner import *
 from .interpret.segmentation import *
 from .interpret.classification import *
+from .report import *
 from .recipes.core import *
 from .recipes import segmentation as seg_recipes, classification as cls_recipes
 from .demo import run_demo, DEMO_TASKS

@@ -17,8 +17,8 @@ from fastcore.foundation import L
 from .core import MedvisionError, atomic_save, check_exists
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'state_dict_cpu', 'save_weights', 'check_state_dict', 'load_weights', 'rng_state',
-           'set_rng_state', 'is_training_fit', 'HistoryCallback', 'default_comp', 'SaveBestCallback',
+__all__ = ['CHECKPOINT_FORMAT', 'state_dict_cpu', 'save_weights', 'load_tensors', 'check_state_dict', 'load_weights', 'rng_state',
+           'set_rng_state', 'is_training_fit', 'to_plain', 'HistoryCallback', 'default_comp', 'SaveBestCallback',
            'EarlyStopCallback', 'check_finite_model', 'FiniteLossCallback', 'CheckpointCallback']
 
 # %% ../nbs/31_callbacks.ipynb #e6e6b3cd
@@ -32,7 +32,7 @@ def save_weights(model, # A `nn.Module` (or a `Learner`'s model)
     return atomic_save(state_dict_cpu(model), path)
 
 # %% ../nbs/31_callbacks.ipynb #0a8e2389
-def _torch_load(path, what='weights file', map_location='cpu'):
+def load_tensors(path, what='weights file', map_location='cpu'):
     "`torch.load(path, weights_only=True)`, turning failures into `MedvisionError`s that say why."
     path = check_exists(path, what)
     try: return torch.load(path, map_location=map_location, weights_only=True)
@@ -70,7 +70,7 @@ def load_weights(model, # The `nn.Module` to load into
                  path, # A file written by `save_weights` (or a checkpoint / fastai `Learner.save` file)
                  strict:bool=True): # Every key must match
     "Load tensors-only weights from `path` into `model` (`weights_only=True`); returns `model`."
-    sd = _torch_load(path)
+    sd = load_tensors(path)
     if isinstance(sd, dict) and isinstance(sd.get('model'), dict): sd = sd['model']  # checkpoint / `Learner.save(with_opt=True)`
     check_state_dict(model, sd, path, strict=strict)
     get_model(model).load_state_dict(sd, strict=strict)
@@ -106,10 +106,10 @@ def is_training_fit(learn) -> bool:
     "True inside a real training `fit` (not `lr_find`, `validate` or `get_preds`)."
     return bool(getattr(learn, '_mv_fitting', False)) and not hasattr(learn, 'lr_finder') and not hasattr(learn, 'gather_preds')
 
-def _plain(o):
+def to_plain(o):
     "`o` with numpy scalars/arrays, fastcore `L`s and 0-d tensors turned into plain Python (JSON- and weights_only-safe)."
-    if isinstance(o, dict): return {str(k): _plain(v) for k,v in o.items()}
-    if isinstance(o, (list, tuple, L)): return [_plain(v) for v in o]
+    if isinstance(o, dict): return {str(k): to_plain(v) for k,v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [to_plain(v) for v in o]
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, torch.Tensor) and o.numel() == 1 and o.dim() == 0: return o.item()
@@ -144,7 +144,7 @@ class HistoryCallback(Callback):
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         rec = {'epoch': _global_epoch(self.learn), 'phase': (getattr(self.learn, 'mv_phase', None) or {}).get('name', 'fit')}
-        rec.update({n: _plain(v) for n,v in zip(names, self.recorder.values[-1])})
+        rec.update({n: to_plain(v) for n,v in zip(names, self.recorder.values[-1])})
         rec['lr'] = float(self.opt.hypers[-1]['lr'])
         rec['time_s'] = round(time.time() - self.t0, 3)
         self.learn.mv_history.append(rec)
@@ -255,8 +255,8 @@ CHECKPOINT_FORMAT = 'medvision-checkpoint-2'  # 2: torch AdamW optimizer state (
 
 def _opt_state(opt):
     sd = opt.state_dict()
-    return {'state': [{k: (v if isinstance(v, torch.Tensor) else _plain(v)) for k,v in s.items()} for s in sd['state']],
-            'hypers': _plain(sd['hypers'])}
+    return {'state': [{k: (v if isinstance(v, torch.Tensor) else to_plain(v)) for k,v in s.items()} for s in sd['state']],
+            'hypers': to_plain(sd['hypers'])}
 
 class CheckpointCallback(Callback):
     "Write a resumable checkpoint to `fname` after every epoch and at the end of each fit; save on Ctrl-C."
@@ -273,14 +273,14 @@ class CheckpointCallback(Callback):
         ph = {'name': 'fit', 'offset': 0, 'n_epoch': getattr(learn, 'n_epoch', 0), **ph, 'done': done}
         cbs = {cb.name: cb.state() for cb in learn.cbs if hasattr(cb, 'state') and hasattr(cb, 'load_state')}
         scaler = getattr(learn, 'scaler', None)
-        return {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'phase': _plain(ph), 'partial': partial,
+        return {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'phase': to_plain(ph), 'partial': partial,
                 'model': state_dict_cpu(learn.model), 'opt': _opt_state(learn.opt),
                 'frozen_idx': int(getattr(learn.opt, 'frozen_idx', 0) or 0),
-                'rng': rng_state(learn.dls), 'lrs': _plain(dict(learn.mv_lrs)),
-                'history': _plain([h for h in learn.mv_history if h['epoch'] < epoch]),  # completed epochs only
-                'callbacks': _plain(cbs), 'scaler': scaler.state_dict() if scaler is not None else None,
-                'recorder': {'values': _plain(r.values[:max(int(epoch) - int(ph['offset']), 0)]), 'lrs': _plain(r.lrs), 'losses': _plain(r.losses),
-                             'iters': _plain(r.iters), 'smooth_count': int(r.smooth_loss.count),
+                'rng': rng_state(learn.dls), 'lrs': to_plain(dict(learn.mv_lrs)),
+                'history': to_plain([h for h in learn.mv_history if h['epoch'] < epoch]),  # completed epochs only
+                'callbacks': to_plain(cbs), 'scaler': scaler.state_dict() if scaler is not None else None,
+                'recorder': {'values': to_plain(r.values[:max(int(epoch) - int(ph['offset']), 0)]), 'lrs': to_plain(r.lrs), 'losses': to_plain(r.losses),
+                             'iters': to_plain(r.iters), 'smooth_count': int(r.smooth_loss.count),
                              'smooth_val': float(r.smooth_loss.val)}}
 
     def save(self, epoch:int, done:bool=False, partial:bool=False):

@@ -11,66 +11,13 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.script import anno_parser, bool_arg
 from .core import MedvisionError, check_exists
+from .report import md_table, metrics_text
+from .script import UsageError, command_parser, recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
-__all__ = ['INFO_COLS', 'COMMANDS', 'UsageError', 'md_table', 'metric_tables', 'metrics_text', 'metrics_markdown', 'load_recipes',
-           'check_model_dir', 'hint', 'expand_inputs', 'cli_recipes', 'cli_demo', 'cli_train', 'cli_evaluate',
-           'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'main']
-
-# %% ../nbs/70_cli.ipynb #ba2ada8e
-class UsageError(Exception):
-    "A command-line usage error (bad option, unknown command): one line, exit status 2."
-
-def md_table(df, floatfmt:str='.4f', index:bool=False) -> str:
-    "Render the DataFrame `df` as a GitHub markdown table (no `tabulate` needed)."
-    import pandas as pd
-    if index: df = df.reset_index()
-    def fmt(v):
-        if isinstance(v, float): return format(v, floatfmt)
-        return str(v).replace('|', '\\|').replace('\n', ' ')
-    cols = [str(c) for c in df.columns]
-    rows = ['| ' + ' | '.join(cols) + ' |', '| ' + ' | '.join('---' for _ in cols) + ' |']
-    rows += ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False)]
-    return '\n'.join(rows)
-
-# %% ../nbs/70_cli.ipynb #e56cfb23
-def _flat(d:dict, prefix:str='') -> dict:
-    "Scalar entries of the (nested) dict `d`, with dotted keys; lists are skipped."
-    res = {}
-    for k,v in (d or {}).items():
-        if isinstance(v, dict): res.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str)) and not isinstance(v, bool): res[f"{prefix}{k}"] = v
-    return res
-
-def metric_tables(m:dict) -> dict:
-    "`{'summary': scalars, <name>: per-class table}` DataFrames from a `train`/`evaluate` result `m` (or its `final`)."
-    import pandas as pd
-    f = m.get('final', m) if isinstance(m, dict) else {}
-    f = f if isinstance(f, dict) else {}
-    tabs = {k: v for k,v in f.items() if isinstance(v, dict) and v and all(isinstance(o, dict) for o in v.values())}
-    sc = _flat({k: v for k,v in f.items() if k not in tabs})
-    res = {'summary': pd.DataFrame({'metric': list(sc), 'value': list(sc.values())})}
-    for k,v in tabs.items():
-        df = pd.DataFrame(v).T
-        num = df.apply(pd.to_numeric, errors='coerce').fillna(0)
-        df = df[(num != 0).any(axis=1)]   # classes absent from the data and never predicted carry no information
-        res[k] = df.rename_axis('class').reset_index()
-    return res
-
-def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-def metrics_text(m:dict) -> str:
-    "The tables of `metric_tables(m)` as plain text."
-    parts = []
-    for k,df in metric_tables(m).items():
-        if not len(df): continue
-        if k == 'summary': parts.append('\n'.join(f"{a:<{max(map(len, df.metric))}}  {_fmt(b)}" for a,b in zip(df.metric, df.value)))
-        else: parts.append(f"{k}:\n" + df.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    return '\n\n'.join(parts) or '(no metrics)'
-
-def metrics_markdown(m:dict) -> str:
-    "The tables of `metric_tables(m)` as markdown."
-    return '\n\n'.join((f"**{k}**\n\n" if k != 'summary' else '') + md_table(df) for k,df in metric_tables(m).items() if len(df))
+__all__ = ['INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes', 'cli_demo',
+           'cli_train', 'cli_evaluate', 'predict_exported', 'cli_predict', 'cli_synth', 'cli_dicom_info',
+           'cli_anonymize', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -95,20 +42,10 @@ def _model_desc(mdir) -> str:
     r = json.loads((Path(mdir)/'recipe.json').read_text()).get('recipe', {})
     return f"the model in {mdir} is a {r.get('task')} model, recipe '{r.get('name')}'" + (f", layout '{r['layout']}'" if r.get('layout') else '')
 
-_IMG_EXTS = {'.dcm', '.dicom', '.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.npy', '.nii', '.gz'}
-
-def expand_inputs(inputs, exts=_IMG_EXTS) -> list:
-    "Files named in `inputs`, with folders expanded (recursively) to the image files below them."
-    res = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        if p.is_dir():
-            fs = sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')
-                        and (f.suffix.lower() in exts or f.suffix == ''))
-            if not fs: raise MedvisionError("no image files in folder", p)
-            res += fs
-        else: res.append(p)
-    return res
+def input_files(inputs, roles=None) -> list:
+    "The files named in `inputs` (a path or a list), folders expanded by `medvision.io.list_files` (imported lazily)."
+    from medvision.io import list_files
+    return list_files(inputs, roles=roles)
 
 # %% ../nbs/70_cli.ipynb #0fd75162
 def cli_recipes(task:str=None, # Only recipes of this task (`segmentation` or `classification`)
@@ -136,25 +73,18 @@ def cli_demo(out:Path=Path('demo_out'), # Folder for the synthetic data, models,
     return run_demo(out, quick=quick, seed=seed)
 
 # %% ../nbs/70_cli.ipynb #f1280f56
+@takes_overrides()
 def cli_train(recipe:str, # Recipe name (see `medvision recipes`)
               data:Annotated[Path, "Dataset folder (or file) in one of the recipe's layouts", {'required':True}]=None,
               out:Annotated[Path, "Output folder: model.pth, recipe.json, metrics.json, plots", {'required':True}]=None,
-              epochs:int=None, # Number of epochs (default: the recipe's)
-              size:int=None, # Input size in pixels (default: the recipe's)
-              bs:int=None, # Batch size (default: the recipe's)
-              arch:str=None, # Model architecture, e.g. `densenet121` (default: the recipe's)
-              pretrained:Annotated[bool_arg, "Start from ImageNet weights (default: the recipe's)",
-                                   {'action':argparse.BooleanOptionalAction}]=None,
-              seed:int=None, # Random seed (default: the recipe's)
-              lr:float=None, # Learning rate (default: the recipe's)
               resume:bool=False, # Continue the interrupted run saved in `out`
-              overwrite:bool=False): # Replace an earlier run saved in `out` (without it, that is an error)
+              overwrite:bool=False, # Replace an earlier run saved in `out` (without it, that is an error)
+              **kwargs): # The `recipe_overrides` options (`--epochs`, `--size`, `--bs`, `--arch`, ...)
     "Train `recipe` on `data`, writing the model, its recipe, the metrics and plots to `out`."
     r = load_recipes().get_recipe(recipe)
     check_exists(data, 'data folder')
     if resume and not Path(out).exists(): raise MedvisionError("nothing to resume: the output folder does not exist", out)
-    ov = {k:v for k,v in dict(epochs=epochs, size=size, bs=bs, arch=arch, pretrained=pretrained, seed=seed, lr=lr).items()
-          if v is not None}
+    ov = recipe_overrides(**kwargs)
     with hint(f"recipe '{r.name}' is a {r.task} recipe" + (f" for the '{r.layout}' layout" if r.layout else '') +
               "; see `medvision recipes` and `medvision synth --help` for the layouts"):
         res = load_recipes().train(r, data, out, resume=resume, overwrite=overwrite, **ov)
@@ -212,7 +142,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise MedvisionError("is a file; --out must be a folder (the predicted masks are written into it)", out)
     if csv is not None and Path(csv).is_dir(): raise MedvisionError("is a folder; --csv must name a file, e.g. predictions.csv", csv)
-    files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files = input_files(inputs)
     mp = check_exists(model, 'model folder')
     if mp.is_file() and not (mp.parent/'recipe.json').exists():   # not a medvision model folder: a fastai export?
         df = predict_exported(mp, files, trust_pickle=trust_pickle, out=out)
@@ -263,7 +193,7 @@ def cli_dicom_info(files:Annotated[str, "DICOM files or folders", {'nargs':'+', 
                    csv:Path=None, # Write all (non-PHI) metadata columns to this CSV file
                    all_cols:bool=False): # Print every metadata column, not just the main ones
     "Print a metadata table (one row per file, no patient-identifying tags) for DICOM `files`."
-    fs = expand_inputs([files] if isinstance(files, (str, Path)) else files, exts={'.dcm', '.dicom', '.ima'})
+    fs = input_files(files, roles='dicom')
     from medvision.dicom import dicom_meta_df
     df = dicom_meta_df(fs, phi=False)
     bad = df[df['error'].notna()] if 'error' in df else df.iloc[:0]
@@ -301,10 +231,8 @@ def cli_anonymize(src:Path, # DICOM file or folder to anonymize
 
 # %% ../nbs/70_cli.ipynb #2c9b2a7a
 def _tune_cmd():
-    "The `tune` subcommand function from `medvision.tune`, or `None` when that module is absent."
-    if importlib.util.find_spec('medvision.tune') is None: return None
-    m = importlib.import_module('medvision.tune')
-    return getattr(m, 'tune_cli', None) or getattr(m, 'main', None)
+    "`medvision.tune.tune_cli`, imported on first use (Optuna is slow to import)."
+    return importlib.import_module('medvision.tune').tune_cli
 
 COMMANDS = {'recipes': cli_recipes, 'demo': cli_demo, 'train': cli_train, 'evaluate': cli_evaluate,
             'predict': cli_predict, 'synth': cli_synth, 'dicom-info': cli_dicom_info, 'anonymize': cli_anonymize,
@@ -315,22 +243,10 @@ def _usage() -> str:
     lines = ["usage: medvision COMMAND [options]   (medvision COMMAND --help for the options; --debug shows tracebacks)",
              "", "commands:"]
     for k,f in COMMANDS.items():
-        if k == 'tune': f = _tune_cmd() or "Optuna search over a recipe (needs medvision.tune, not installed)"
+        if k == 'tune': f = _tune_cmd()
         doc = f if isinstance(f, str) else (inspect.getdoc(f) or '').split('\n')[0]
         lines.append(f"  {k:<11} {doc}")
     return '\n'.join(lines)
-
-def _parser(name, f):
-    "The argparse parser for command `name` (function `f`), whose errors raise `UsageError`."
-    p = anno_parser(getattr(f, '__wrapped__', f), prog=f"medvision {name}")
-    def error(msg): raise UsageError(f"{msg} (see `medvision {name} --help`)")
-    p.error = error
-    return p
-
-def _one_line(e:BaseException) -> str:
-    msg = ' '.join(str(e).split()) or type(e).__name__
-    if isinstance(e, (MedvisionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)): return msg
-    return f"{type(e).__name__}: {msg} (unexpected; rerun with --debug for the traceback)"
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     "Print a warning as one line: `medvision: warning: ...`."
@@ -361,22 +277,8 @@ def _main(argv, debug):
     return _run(name, rest, debug)
 
 def _run(name, rest, debug):
-    "Parse `rest` for command `name`, run it and map exceptions to one line and an exit status."
-    err = lambda m: print(f"medvision: error: {m}", file=sys.stderr)
-    try:
-        f = COMMANDS[name]
-        if name == 'tune':
-            f = _tune_cmd()
-            if f is None: raise MedvisionError("`medvision tune` needs the medvision.tune module, which this install lacks")
-        try: ns = vars(_parser(name, f).parse_args(rest))
-        except SystemExit as e: return e.code or 0   # --help
-        ns.pop('pdb', None); ns.pop('xtra', None)
-        f(**ns)
-        return 0
-    except UsageError as e: err(f"{name}: {e}"); return 2
-    except KeyboardInterrupt: err("interrupted"); return 130
-    except Exception as e:
-        if debug: traceback.print_exc()
-        err(_one_line(e)); return 1
+    "Run command `name` on the words `rest`: one line on stderr and an exit status for whatever goes wrong."
+    f = _tune_cmd() if name == 'tune' else COMMANDS[name]
+    return run_command(f, rest, f"medvision {name}", debug)
 
 if __name__ == '__main__' and str(globals().get('__file__', '')).endswith('cli.py'): sys.exit(main())

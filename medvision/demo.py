@@ -9,9 +9,10 @@ from __future__ import annotations
 import json, time
 from pathlib import Path
 from .core import MedvisionError, atomic_write_text
+from .report import md_table, metrics_markdown, metrics_text
 
 # %% auto #0
-__all__ = ['DEMO_TASKS', 'chance_level', 'demo_report', 'data_roots', 'runtime', 'find_data', 'run_demo']
+__all__ = ['DEMO_TASKS', 'chance_level', 'demo_report', 'run_demo']
 
 # %% ../nbs/71_demo.ipynb #552bdff6
 DEMO_TASKS = {
@@ -47,7 +48,6 @@ def demo_report(out, # The demo folder
                 results:dict, # Per task: the summary dict `run_demo` builds
                 wall_s:float) -> str: # Total wall time
     "Markdown report of the demo results in `out` (tables, plots, chance levels)."
-    from medvision.cli import metrics_markdown, md_table
     import pandas as pd
     out = Path(out)
     lines = ['# medvision demo report', '',
@@ -70,32 +70,6 @@ def demo_report(out, # The demo folder
                       md_table(pr.head(8)), '']
     return '\n'.join(lines)
 
-# %% ../nbs/71_demo.ipynb #2b66b157
-def data_roots() -> list:
-    "Folders searched by `find_data`: `$MEDVISION_DATA`, Kaggle input, Colab, local `data/`, the shared test data."
-    import os
-    from medvision.core import shared_data
-    c = [os.environ.get('MEDVISION_DATA'), '/kaggle/input', '/content/data', '/content/drive/MyDrive/data',
-         'data', '../data', shared_data()]
-    return [Path(p) for p in dict.fromkeys(str(p) for p in c if p) if Path(p).is_dir()]
-
-def runtime() -> str:
-    "'kaggle', 'colab' or 'local'."
-    import sys
-    if Path('/kaggle/input').is_dir(): return 'kaggle'
-    return 'colab' if 'google.colab' in sys.modules else 'local'
-
-def find_data(marker:str, # A file or folder name (glob) that marks the dataset, e.g. 'images_medseg.npy'
-              roots=None, # Folders to search (default: `data_roots()`)
-              depth:int=4, # How many folder levels below each root to search
-              check=None): # Optional `Path -> bool` the dataset folder must pass
-    "The folder holding `marker` below one of `roots` (first match), or `None`."
-    for r in (data_roots() if roots is None else [Path(o) for o in roots]):
-        for d in range(depth + 1):
-            for m in sorted(r.glob('/'.join(['*']*d + [marker]))):
-                if check is None or check(m.parent): return m.parent
-    return None
-
 # %% ../nbs/71_demo.ipynb #ca727bf8
 def _pred_table(df, root):
     "A short prediction table: file names relative to `root`, main columns only, no per-class probabilities."
@@ -114,7 +88,6 @@ def run_demo(out='demo_out', # Folder for data, models, plots, `report.md` and `
     "Write synthetic data, train + predict each `DEMO_TASKS` recipe on the CPU, print the metrics and write a report into `out`."
     from medvision.synth import synth
     from medvision.recipes.core import train, predict, write_json
-    from medvision.cli import metrics_text, md_table
     import pandas as pd
     t0 = time.time(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
     tasks = list(DEMO_TASKS) if tasks is None else list(tasks)

@@ -12,10 +12,13 @@ from typing import Annotated
 import numpy as np
 import torch
 import torch.distributed as dist
-from fastai.distributed import DistributedDL, DistributedTrainer
 from fastcore.script import call_parse, bool_arg
 from .core import MedvisionError, check_exists
-import medvision.learner as _mv_learner
+from .learner import find_lr
+from .script import recipe_overrides, run_command, takes_overrides
+try: import accelerate  # noqa: F401 -- fastai.distributed needs it
+except ImportError: raise MedvisionError('medvision.distributed needs accelerate: pip install "medvision[distributed]"') from None
+from fastai.distributed import DistributedDL, DistributedTrainer
 
 # %% auto #0
 __all__ = ['dist_info', 'is_main_process', 'AnyBackendDL', 'sync_metric_state', 'MedvisionDistributedTrainer',
@@ -95,26 +98,17 @@ class MedvisionDistributedTrainer(DistributedTrainer):
     def after_validate(self):
         if not hasattr(self.learn, 'lr_finder'): sync_metric_state(self.learn.metrics)
 
-# %% ../nbs/61_distributed.ipynb #54ef934e
-@contextlib.contextmanager
-def _agreed_lr_find():
-    "Make `fit_schedule`'s `lr_find` run per process without DDP and use rank 0's suggestion everywhere."
-    orig = _mv_learner.find_lr
-    def find_lr(learn, show_plot=False):
-        dt = [c for c in learn.cbs if isinstance(c, DistributedTrainer)]
-        with learn.removed_cbs(*dt): lr = orig(learn, show_plot=show_plot)
-        t = torch.tensor([float(lr)], dtype=torch.float64)
-        return float(_bcast(t)[0])
-    _mv_learner.find_lr = find_lr
-    try: yield
-    finally: _mv_learner.find_lr = orig
+    def after_create(self): self.learn.suggest_lr = self.suggest_lr   # this learner's hook for `fit_schedule`
+    def suggest_lr(self) -> float:
+        "`lr_find` run by each process without DDP; every process uses rank 0's suggestion."
+        with self.learn.removed_cbs(self): lr = find_lr(self.learn)
+        return float(_bcast(torch.tensor([float(lr)], dtype=torch.float64))[0])
 
+# %% ../nbs/61_distributed.ipynb #54ef934e
 def _bcast(t, src=0):
     x = t.to(_comm_device()).clone(); dist.broadcast(x, src); return x.cpu()
 
 def _check_launch(cpu):
-    try: import accelerate  # noqa: F401
-    except ImportError: raise MedvisionError("distributed training needs `accelerate`: pip install accelerate (or medvision[distributed])") from None
     use_cpu = cpu or os.environ.get('ACCELERATE_USE_CPU', '').lower() in ('1', 'true', 'yes')
     if use_cpu and torch.cuda.is_available():
         raise MedvisionError("CPU processes were asked for on a machine with CUDA: hide the GPUs with CUDA_VISIBLE_DEVICES= "
@@ -137,7 +131,6 @@ def train_distributed(recipe, # A `Recipe`, a registered name, or a recipe `.jso
     info = dist_info()
     out = Path(out)
     with contextlib.ExitStack() as st:
-        st.enter_context(_agreed_lr_find())
         if info['rank'] == 0: dest,show = out,True
         else:
             dest = Path(st.enter_context(tempfile.TemporaryDirectory(prefix=f"medvision-rank{info['rank']}-")))
@@ -201,36 +194,22 @@ def launch(recipe:str, # Recipe name or `.json` file
     return json.loads((Path(out)/'metrics.json').read_text())
 
 # %% ../nbs/61_distributed.ipynb #a99f49c5
-def _script_main(func, argv=None) -> int:
-    "Run the `call_parse` function `func` on `argv` like the `medvision` command: one-line errors, exit status."
-    from fastcore.script import anno_parser
-    ns = vars(anno_parser(getattr(func, '__wrapped__', func)).parse_args(argv))
-    ns.pop('pdb', None); ns.pop('xtra', None)
-    try: func(**ns); return 0
-    except MedvisionError as e: print(f"medvision: error: {' '.join(str(e).split())}", file=sys.stderr); return 1
-    except KeyboardInterrupt: print("medvision: error: interrupted", file=sys.stderr); return 130
-
 if __name__ == '__main__' and str(globals().get('__file__', '')).endswith('distributed.py'):
     import medvision.distributed as _m  # the importable copy of this module, so nothing runs twice
-    sys.exit(_m._script_main(_m.distributed_cli, sys.argv[1:]))
+    sys.exit(run_command(_m.distributed_cli, sys.argv[1:], 'python -m medvision.distributed'))
 
 # %% ../nbs/61_distributed.ipynb #0156b735
 @call_parse
+@takes_overrides()
 def distributed_cli(recipe:str, # Recipe name (see `medvision recipes`) or a recipe `.json`
                     data:Annotated[Path, "Dataset folder (or file) in one of the recipe's layouts", {'required':True}]=None,
                     out:Annotated[Path, "Output folder (written by rank 0 only)", {'required':True}]=None,
-                    epochs:int=None, # Number of epochs (default: the recipe's)
-                    size:int=None, # Input size in pixels (default: the recipe's)
-                    bs:int=None, # Batch size per process (default: the recipe's)
-                    arch:str=None, # Model architecture (default: the recipe's)
-                    pretrained:Annotated[bool_arg, "Start from ImageNet weights (default: the recipe's)", {'action':argparse.BooleanOptionalAction}]=None,
-                    seed:int=None, # Random seed (default: the recipe's)
-                    lr:float=None, # Learning rate (default: the recipe's)
                     resume:bool=False, # Continue the interrupted run saved in `out`
-                    cpu:bool=False): # CPU processes (gloo); hide the GPUs with CUDA_VISIBLE_DEVICES=
+                    cpu:bool=False, # CPU processes (gloo); hide the GPUs with CUDA_VISIBLE_DEVICES=
+                    **kwargs): # The `recipe_overrides` options (`--bs` is per process)
     "Train `recipe` on `data` as one process of a data-parallel run (start it with `accelerate launch` or `torchrun`)."
     check_exists(data, 'data folder')
-    ov = {k: v for k,v in dict(epochs=epochs, size=size, bs=bs, arch=arch, pretrained=pretrained, seed=seed, lr=lr).items() if v is not None}
+    ov = recipe_overrides(**kwargs)
     try: return train_distributed(recipe, data, out, resume=resume, cpu=cpu, **ov)
     finally:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()

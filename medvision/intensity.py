@@ -6,6 +6,7 @@ Docs: https://medvision-dev.github.io/medvision/intensity.html.md"""
 
 # %% ../nbs/02_intensity.ipynb #f7818bcc
 from __future__ import annotations
+from typing import NamedTuple
 import numpy as np, torch
 from fastai.vision.all import DisplayedTransform, TensorImage, TensorMask, PILImage, PILMask, retain_type, store_attr
 from PIL import Image
@@ -13,7 +14,7 @@ from .core import MedvisionError
 
 # %% auto #0
 __all__ = ['CT_WINDOWS', 'fast_percentile', 'percentile_window', 'dicom_percentile_window', 'PercentileWindow', 'hu_window',
-           'window', 'HUWindow', 'MultiWindow', 'Standardize', 'to_rgb', 'ToRGB']
+           'HUWindow', 'CTWindow', 'window', 'MultiWindow', 'Standardize', 'to_rgb', 'ToRGB']
 
 # %% ../nbs/02_intensity.ipynb #a0cbbb4c
 _SAMPLE, _CH = 65521, 1 << 18   # sample size for brackets; chunk length for cache-sized passes
@@ -256,9 +257,6 @@ class PercentileWindow(DisplayedTransform):
     def encodes(self, x:TensorImage): return _per_item(lambda o: percentile_window(o, self.lo, self.hi), x)
 
 # %% ../nbs/02_intensity.ipynb #e6951958
-CT_WINDOWS = dict(lung=(-600, 1500), mediastinum=(50, 350), bone=(400, 1800), brain=(40, 80), soft_tissue=(50, 400),
-                  liver=(60, 160), subdural=(75, 215), stroke=(40, 40), abdomen=(40, 400), seed_ct=(-500, 2000))
-
 def _check_finite(x, path=None):
     bad = (~torch.isfinite(x)).sum() if isinstance(x, torch.Tensor) else np.count_nonzero(~np.isfinite(x))
     if bad: raise MedvisionError(f"image has {int(bad)} NaN/Inf pixel(s): fix the source or use nan_to_num first", path)
@@ -279,10 +277,6 @@ def hu_window(x, # HU image: np.ndarray or tensor (any device)
     y = np.clip(y, np.float32(lo), np.float32(hi))
     return (y - np.float32(lo)) / np.float32(hi - lo) if scale else y
 
-def window(x, level:float, width:float):
-    "Window `x` (HU) at `level`/`width` (see `CT_WINDOWS`) into [0, 1] float32."
-    return hu_window(x, level - width / 2, level + width / 2)
-
 class HUWindow(DisplayedTransform):
     "Clip to `lo`–`hi` HU and, if `scale`, map to [0, 1] float32 (seeds 001/004: −1500..500); masks pass through."
     order = 0
@@ -294,17 +288,37 @@ class HUWindow(DisplayedTransform):
     def encodes(self, x:PILImage): return hu_window(x, self.lo, self.hi, self.scale)
     def to_hu(self, x): return x * (self.hi - self.lo) + self.lo if self.scale else x
 
+# %% ../nbs/02_intensity.ipynb #cc689cb8
+class CTWindow(NamedTuple):
+    "A CT display window in HU, in fastai's `windowed(w, l)` order: `width` first, then `level`."
+    width: float
+    level: float
+    @property
+    def lo(self): return self.level - self.width / 2
+    @property
+    def hi(self): return self.level + self.width / 2
+
+CT_WINDOWS = {k: CTWindow(*v) for k,v in dict(
+    lung=(1500, -600), mediastinum=(350, 50), bone=(1800, 400), brain=(80, 40), soft_tissue=(400, 50),
+    liver=(160, 60), subdural=(215, 75), stroke=(40, 40), abdomen=(400, 40), lung_wide=(2000, -500)).items()}
+
+def window(x, # HU image: np.ndarray or tensor (any device)
+           width:float, # Window width in HU (fastai's `w`)
+           level:float): # Window centre in HU (fastai's `l`)
+    "Window `x` (HU) at `width`/`level` (fastai's order; see `CT_WINDOWS`) into [0, 1] float32."
+    return hu_window(x, level - width / 2, level + width / 2)
+
 # %% ../nbs/02_intensity.ipynb #2a1a9624
 class MultiWindow(DisplayedTransform):
-    "Stack the CT windows `names` (keys of `CT_WINDOWS` or `(level, width)` pairs) as channels in [0, 1]: (H,W)/(1,H,W) → (k,H,W)."
+    "Stack the CT windows `names` (keys of `CT_WINDOWS` or `(width, level)` pairs) as channels in [0, 1]: (H,W)/(1,H,W) → (k,H,W)."
     order = 1
     def __init__(self, names=('lung', 'mediastinum', 'bone')):
         bad = [n for n in names if isinstance(n, str) and n not in CT_WINDOWS]
-        if bad: raise MedvisionError(f"unknown CT window {bad[0]!r}: use one of {list(CT_WINDOWS)} or a (level, width) pair")
-        self.names = tuple(names); self.windows = [CT_WINDOWS[n] if isinstance(n, str) else tuple(n) for n in names]
+        if bad: raise MedvisionError(f"unknown CT window {bad[0]!r}: use one of {list(CT_WINDOWS)} or a (width, level) pair")
+        self.names = tuple(names); self.windows = [CT_WINDOWS[n] if isinstance(n, str) else CTWindow(*n) for n in names]
     def _stack(self, x, dim):
         if x.shape[dim] != 1: raise MedvisionError(f"MultiWindow needs one HU channel, got shape {tuple(x.shape)}")
-        ws = [window(x, l, w) for l, w in self.windows]
+        ws = [window(x, *w) for w in self.windows]
         return torch.cat(ws, dim) if isinstance(x, torch.Tensor) else np.concatenate(ws, dim)
     def encodes(self, x:np.ndarray): return self._stack(x[None] if x.ndim == 2 else x, 1 if x.ndim == 4 else 0)
     def encodes(self, x:TensorImage): return self._stack(x[None] if x.ndim == 2 else x, 1 if x.ndim == 4 else 0)

@@ -15,13 +15,17 @@ from .core import MedvisionError
 from .dicom import read_dicom, open_dicom
 
 # %% auto #0
-__all__ = ['DICOM_EXTS', 'PIL_EXTS', 'SUPPORTED_EXTS', 'file_ext', 'is_dicom_file', 'check_finite', 'read_volume', 'read_image',
-           'check_files', 'image_files']
+__all__ = ['FILE_TYPES', 'DICOM_EXTS', 'PIL_EXTS', 'SUPPORTED_EXTS', 'file_ext', 'is_dicom_file', 'check_finite', 'read_volume',
+           'read_image', 'file_role', 'list_files', 'check_files']
 
 # %% ../nbs/04_io.ipynb #8469f221
-DICOM_EXTS = ('.dcm', '.dicom', '.dic')
-PIL_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-SUPPORTED_EXTS = DICOM_EXTS + ('.nii', '.nii.gz', '.npy') + PIL_EXTS
+FILE_TYPES = dict(   # role → extensions: the one list of file types in the package
+    dicom=('.dcm', '.dicom', '.dic', '.ima'),              # also extension-less or UID-named files with the DICM prefix
+    image=('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'),
+    volume=('.nii', '.nii.gz'),
+    array=('.npy',))
+DICOM_EXTS, PIL_EXTS = FILE_TYPES['dicom'], FILE_TYPES['image']
+SUPPORTED_EXTS = tuple(e for exts in FILE_TYPES.values() for e in exts)
 
 def file_ext(fn):
     "Lower-case extension of `fn`, with `.nii.gz` as one extension."
@@ -98,8 +102,7 @@ def _read_nifti(p):
     return check_finite(a, p), aff
 
 def _read_dicom_series(folder):
-    files = [f for f in sorted(Path(folder).rglob('*')) if f.is_file() and (file_ext(f) in DICOM_EXTS or _maybe_dicom(f))]
-    if not files: raise MedvisionError("no DICOM files in folder", folder)
+    files = list_files(folder, roles='dicom')
     sl = []
     for f in files:
         x, m = read_dicom(f)
@@ -149,6 +152,42 @@ def read_image(fn): # Path to a DICOM/NIfTI/.npy/PNG/JPG/BMP/TIFF file
     if e in PIL_EXTS: return _read_pil(p)
     raise MedvisionError(f"unsupported file type '{e or 'no extension'}' (supported: {' '.join(SUPPORTED_EXTS)}, or DICOM without extension)", p)
 
+# %% ../nbs/04_io.ipynb #5734dbc1
+def file_role(fn) -> str|None:
+    "The `FILE_TYPES` role of `fn` by its extension (`'dicom'` also for extension-less DICOM), or `None`."
+    e = file_ext(fn)
+    role = next((r for r,exts in FILE_TYPES.items() if e in exts), None)
+    return role or ('dicom' if _maybe_dicom(fn) else None)
+
+def list_files(inputs, # A file or folder, or a list of them
+               roles=None, # `FILE_TYPES` role(s) to keep from folders (default: all)
+               exts=None): # Or: the extensions to keep from folders, e.g. 'png'
+    "Sorted files below each folder of `inputs` (recursive, hidden skipped) plus the files it names; none → error."
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    roles = tuple(FILE_TYPES) if roles is None else ((roles,) if isinstance(roles, str) else tuple(roles))
+    bad = [r for r in roles if r not in FILE_TYPES]
+    if bad: raise MedvisionError(f"unknown file role(s) {bad}; roles: {', '.join(FILE_TYPES)}")
+    want = None if exts is None else tuple('.' + e.lower().lstrip('.') for e in ([exts] if isinstance(exts, str) else exts))
+    keep = (lambda f: file_ext(f) in want) if want else (lambda f: file_role(f) in roles)
+    out = []
+    for i in inputs:
+        p = Path(i)
+        if not p.exists(): raise MedvisionError("input not found", p)
+        if not p.is_dir(): out.append(p); continue
+        found = sorted(f for f in _walk(p) if keep(f))
+        if not found:
+            what = ' '.join(want or [e for r in roles for e in FILE_TYPES[r]])
+            raise MedvisionError(f"no image files ({what}) found in this folder or below", p)
+        out += found
+    return out
+
+# %% ../nbs/04_io.ipynb #290f4f6b
+def _walk(root:Path):
+    "Every non-hidden file below `root` (hidden folders and `__MACOSX` skipped)."
+    for dp, dns, fns in os.walk(root):
+        dns[:] = [n for n in dns if not n.startswith('.') and n != '__MACOSX']
+        yield from (Path(dp)/n for n in fns if not n.startswith('.'))
+
 # %% ../nbs/04_io.ipynb #b16dcd45
 def _relname(f, root):
     try: return str(Path(f).relative_to(root)) if root else Path(f).name
@@ -181,19 +220,3 @@ def check_files(files, # Paths to check
         if not skip_bad: raise MedvisionError(summary + ". Fix or remove them (in Python, `check_files(..., skip_bad=True)` leaves them out).", root)
         warnings.warn(f"{root}: {summary}. Skipping them.")
     return good, bad
-
-def image_files(folder, # Folder searched recursively
-                exts=None): # Extensions to keep (default: all supported, plus extension-less DICOM)
-    "Sorted list of the image files below `folder` (hidden files and folders skipped); none → `MedvisionError`."
-    root = Path(folder)
-    if not root.is_dir(): raise MedvisionError("folder not found" if not root.exists() else "not a folder", root)
-    want = SUPPORTED_EXTS if exts is None else tuple(e.lower() if e.startswith('.') else '.' + e.lower() for e in ([exts] if isinstance(exts, str) else exts))
-    out = []
-    for dp, dns, fns in os.walk(root):
-        dns[:] = [n for n in dns if not n.startswith('.') and n != '__MACOSX']
-        for n in fns:
-            if n.startswith('.'): continue
-            f = Path(dp)/n
-            if file_ext(f) in want or (exts is None and _maybe_dicom(f)): out.append(f)
-    if not out: raise MedvisionError(f"no image files ({' '.join(want)}) found in this folder or below", root)
-    return sorted(out)

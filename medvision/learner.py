@@ -20,7 +20,7 @@ from fastai.vision.learner import default_split
 from fastai.torch_core import trainable_params
 from fastcore.foundation import L
 from .core import MedvisionError, check_exists, default_device
-from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_state, _torch_load,
+from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_state, load_tensors,
                                  default_comp, HistoryCallback, SaveBestCallback, EarlyStopCallback,
                                  CheckpointCallback, FiniteLossCallback, CHECKPOINT_FORMAT)
 
@@ -45,6 +45,10 @@ class MedvisionLearner(Learner):
         self.out = Path(out) if out is not None else None
         self.mv_history,self.mv_lrs,self.mv_phase = [],{},None
         self._mv_pending,self._mv_start,self._mv_fitting,self._mv_ckpt_epoch = None,0,False,None
+
+    def suggest_lr(self) -> float:
+        "The learning rate `fit_schedule` uses when none is given: `find_lr` (a callback may replace this per learner)."
+        return find_lr(self)
 
     def _do_fit(self):
         mbar = getattr(getattr(self, 'progress', None), 'mbar', None)
@@ -216,7 +220,7 @@ def _to_device(o, device):
 
 def load_checkpoint(path) -> dict:
     "Read a medvision checkpoint with `weights_only=True`, checking its format."
-    ck = _torch_load(path, 'checkpoint')
+    ck = load_tensors(path, 'checkpoint')
     fmt = ck.get('format') if isinstance(ck, dict) else None
     if isinstance(fmt, str) and fmt.startswith('medvision-checkpoint-') and fmt != CHECKPOINT_FORMAT:
         raise MedvisionError(f"was written by another medvision version ({fmt}; this one reads {CHECKPOINT_FORMAT}): "
@@ -281,12 +285,12 @@ def fit_schedule(learn:MedvisionLearner,
     lrs,sb = learn.mv_lrs,getattr(learn, 'save_best', None)
     if schedule in ('one_cycle', 'flat_cos'):
         if start_epoch < epochs:
-            lrs[schedule] = lr if lr is not None else lrs.get(schedule) or find_lr(learn)
+            lrs[schedule] = lr if lr is not None else lrs.get(schedule) or learn.suggest_lr()
             _fit_phase(learn, schedule, epochs, lrs[schedule], 0, start_epoch, 'fit_'+schedule)
     else:
         if freeze_epochs and start_epoch < freeze_epochs:
             if start_epoch == 0: learn.freeze()
-            lrs['frozen'] = lr if lr is not None else lrs.get('frozen') or find_lr(learn)
+            lrs['frozen'] = lr if lr is not None else lrs.get('frozen') or learn.suggest_lr()
             old = sb.load_best if sb is not None else None
             if sb is not None: sb.load_best = False  # phase 2 continues from the last weights, as in seed 000
             try: _fit_phase(learn, 'frozen', freeze_epochs, lrs['frozen'], 0, start_epoch)
@@ -295,7 +299,7 @@ def fit_schedule(learn:MedvisionLearner,
         if start_epoch < freeze_epochs + epochs:
             if 'unfrozen' not in lrs:  # phase 2 has not started yet
                 learn.unfreeze()
-                lrs['unfrozen'] = lr if lr is not None else find_lr(learn)
+                lrs['unfrozen'] = lr if lr is not None else learn.suggest_lr()
             top = lrs['unfrozen']
             _fit_phase(learn, 'unfrozen', epochs, slice(top/100, top), freeze_epochs, start_epoch - freeze_epochs)
     if load_best and sb is not None and sb.best_epoch is not None and sb.fname.exists(): load_weights(learn.model, sb.fname)

@@ -20,6 +20,7 @@ from fastcore.script import call_parse, bool_arg
 from .core import MedvisionError, atomic_write, atomic_write_text, check_exists
 from .callbacks import default_comp
 from .recipes.core import Recipe, get_recipe, get_task, train, write_json
+from .script import recipe_overrides, run_command, takes_overrides
 
 # %% auto #0
 __all__ = ['DEFAULT_SPACE', 'KINDS', 'JOURNAL_EXTS', 'SQLITE_EXTS', 'apply_params', 'check_space', 'check_storage',
@@ -447,40 +448,27 @@ def _load_space(space):
     if not isinstance(d, dict): raise MedvisionError("the search space must be a JSON object {field: spec}", src)
     return d
 
-def _script_main(argv=None) -> int:
-    "`python -m medvision.tune ...`: parse `argv` for `tune_cli`, run it, one-line errors."
-    from fastcore.script import anno_parser
-    ns = vars(anno_parser(tune_cli.__wrapped__, prog='python -m medvision.tune').parse_args(argv))
-    ns.pop('pdb', None); ns.pop('xtra', None)
-    try: tune_cli(**ns); return 0
-    except MedvisionError as e: print(f"medvision: error: {' '.join(str(e).split())}", file=sys.stderr); return 1
-    except KeyboardInterrupt: print("medvision: error: interrupted", file=sys.stderr); return 130
-
 if __name__ == '__main__' and str(globals().get('__file__', '')).endswith('tune.py'):
     import medvision.tune as _m  # the importable copy of this module, so nothing runs twice
-    sys.exit(_m._script_main(sys.argv[1:]))
+    sys.exit(run_command(_m.tune_cli, sys.argv[1:], 'python -m medvision.tune'))
 
 # %% ../nbs/60_tune.ipynb #532c3371
 @call_parse
+@takes_overrides(but=['lr'])
 def tune_cli(recipe:str, # Recipe name (see `medvision recipes`) or a recipe `.json`
              data:Annotated[Path, "Dataset folder (or file) every trial trains on", {'required':True}]=None,
-             trials:int=10, # Trials this process runs, added to the study's existing ones (0: only report / --train-best)
+             trials:int=10, # Trials this process runs, added to the study's existing ones (0: only report / --best-model)
              storage:str=None, # Optuna storage shared by workers: sqlite:///study.db, a .db/.log file, postgresql://...; default in memory
              study:str=None, # Study name in the storage (default medvision-RECIPE)
              timeout:float=None, # Stop starting new trials after this many seconds
              out:Path=Path('tune_out'), # Folder for trial_NNN/, best.json, trials.csv and the plots
-             epochs:int=None, # Epochs of each trial (default: the recipe's)
-             size:int=None, # Input size in pixels (default: the recipe's)
-             bs:int=None, # Batch size (default: the recipe's, or searched)
-             arch:str=None, # Model architecture (default: the recipe's)
-             pretrained:Annotated[bool_arg, "Start from ImageNet weights (default: the recipe's)", {'action':argparse.BooleanOptionalAction}]=None,
-             seed:int=None, # Training seed of every trial and the sampler's seed (default: the recipe's)
              space:str=None, # Search space as JSON text or a .json file, e.g. '{"bs": ["cat", [8, 16]]}'
              max_trials:int=None, # Stop once the study holds this many finished trials (all workers)
              no_prune:bool=False, # Run every trial to the end (no Optuna pruning)
-             train_best:bool=False): # Then train the best trial's recipe into OUT/best_model
+             best_model:bool=False, # Then train the best trial's recipe into OUT/best_model
+             **kwargs): # The `recipe_overrides` options but `--lr` (searched): `--epochs`, `--size`, ...
     "Optuna search over `recipe`'s learning rate, dropout (and `--space`) on `data`; several workers can share one `--storage`."
-    ov = {k: v for k,v in dict(epochs=epochs, size=size, bs=bs, arch=arch, pretrained=pretrained, seed=seed).items() if v is not None}
+    ov = recipe_overrides(**kwargs)
     sp = _load_space(space)
     out = Path(out)
     if trials == 0:  # only report (and maybe train) from an existing study
@@ -491,7 +479,5 @@ def tune_cli(recipe:str, # Recipe name (see `medvision recipes`) or a recipe `.j
         print(json.dumps({k: v for k,v in best_info(s).items() if k != 'space'}, indent=1, default=str))
     else: s = tune(recipe, data, n_trials=trials, space=sp, storage=storage, study_name=study, timeout=timeout, out=out,
                    prune=not no_prune, max_trials=max_trials, **ov)
-    if train_best: _train_best(s, recipe, data, out/'best_model', **ov)
+    if best_model: train_best(s, recipe, data, out/'best_model', **ov)
     return s
-
-_train_best = train_best

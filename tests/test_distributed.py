@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest.importorskip("accelerate", reason='data-parallel training needs the distributed extra: pip install -e ".[distributed]"')
+
 from medvision.core import MedvisionError
 from medvision.recipes.core import evaluate, load_model_dir
 from medvision.synth import synth

@@ -132,10 +132,10 @@ def test_hu_window_exact_values():
 
 def test_ct_windows_and_window():
     for k in ('lung', 'mediastinum', 'bone', 'brain', 'soft_tissue', 'liver', 'subdural', 'stroke'): assert k in CT_WINDOWS
-    assert CT_WINDOWS['lung'] == (-600, 1500) and CT_WINDOWS['brain'] == (40, 80)
+    assert CT_WINDOWS['lung'] == (1500, -600) and CT_WINDOWS['brain'] == (80, 40)   # (width, level)
     hu = np.float32([-1350, -600, 150, 1000])
     np.testing.assert_allclose(window(hu, *CT_WINDOWS['lung']), [0, .5, 1, 1], atol=1e-7)
-    np.testing.assert_allclose(window(hu, 40, 80), [0, 0, 1, 1])
+    np.testing.assert_allclose(window(hu, 80, 40), [0, 0, 1, 1])
 
 
 def test_multiwindow():
@@ -148,7 +148,7 @@ def test_multiwindow():
     b = mw(TensorImage(torch.from_numpy(hu)[None, None].repeat(2, 1, 1, 1)))
     assert isinstance(b, TensorImage) and b.shape == (2, 3, 16, 12)
     np.testing.assert_allclose(b[1, 2].numpy(), window(hu, *CT_WINDOWS['bone']))
-    assert MultiWindow(['brain', (0, 100)])(hu).shape == (2, 16, 12)
+    assert MultiWindow(['brain', (100, 0)])(hu).shape == (2, 16, 12)
     with pytest.raises(MedvisionError, match="unknown CT window 'lungs'"): MultiWindow(['lungs'])
     with pytest.raises(MedvisionError, match='one HU channel'): mw(np.zeros((2, 4, 4), np.float32))
 
@@ -289,3 +289,18 @@ def test_raw_reader_unused_high_bits(tmp_path, signed):
         st, mn, values, _ = read_dicom_lut(fn, frame=frame)
         np.testing.assert_array_equal(values[st.astype(np.int64) - int(mn)], read_dicom(fn, frames=frame)[0])
         assert np.array_equal(I.dicom_percentile_window(fn, frame=frame), percentile_window(read_dicom(fn, frames=frame)[0]))
+
+
+def test_ct_windows_cannot_be_misread_by_fastai_windowed():
+    "fastai's `Tensor.windowed(w, l)` takes (width, level): unpacking a preset into it picks the preset's window."
+    from fastai.medical.imaging import windowed  # noqa: F401 (patches Tensor.windowed)
+    hu = torch.linspace(-2000, 2000, 81)
+    for name, w in CT_WINDOWS.items():
+        lo, hi = w.level - w.width / 2, w.level + w.width / 2
+        expect = ((hu.clamp(lo, hi) - lo) / (hi - lo)).numpy()
+        np.testing.assert_allclose(window(hu.numpy(), *w), expect, atol=1e-6, err_msg=name)
+        # fastai rounds width/2 down to a whole HU (`w//2`): the same window within half an HU
+        np.testing.assert_allclose(hu.windowed(*w).numpy(), expect, atol=5e-3, err_msg=name)
+        swapped = hu.windowed(w.level, w.width).numpy() if w.level > 0 else None   # (level, width): the old mistake
+        if swapped is not None and w.level != w.width: assert np.abs(swapped - expect).max() > 0.05, name
+        assert (w.width, w.level) == (w[0], w[1]) and w.width > 0, name

@@ -1,4 +1,4 @@
-"Tests for medvision.io: read_image per format, read_volume, check_files, image_files."
+"Tests for medvision.io: read_image per format, read_volume, check_files, list_files."
 import shutil, warnings
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 
 from medvision.core import MedvisionError
 from medvision.dicom import dicom_from_array, read_dicom
-from medvision.io import check_files, file_ext, image_files, is_dicom_file, read_image, read_volume, SUPPORTED_EXTS
+from medvision.io import check_files, file_ext, file_role, list_files, FILE_TYPES, is_dicom_file, read_image, read_volume, SUPPORTED_EXTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -144,18 +144,29 @@ def test_check_files_summary(tmp_path):
     assert check_files([files[0], files[2]]) == ([files[0], files[2]], [])
 
 
-def test_image_files(tmp_path):
+def test_list_files(tmp_path):
     (tmp_path/'sub'/'deeper').mkdir(parents=True); (tmp_path/'.git').mkdir(); (tmp_path/'__MACOSX').mkdir()
     for p in ['b.png', 'a.PNG', 'sub/c.nii.gz', 'sub/deeper/d.npy', '.git/x.png', '__MACOSX/._b.png', '._a.png', 'notes.txt']:
         (tmp_path/p).write_bytes(b'x')
     shutil.copy(get_testdata_file('CT_small.dcm'), tmp_path/'sub'/'IM0001')   # extension-less DICOM
     (tmp_path/'sub'/'README').write_text('not dicom')
-    got = [f.relative_to(tmp_path).as_posix() for f in image_files(tmp_path)]
+    got = [f.relative_to(tmp_path).as_posix() for f in list_files(tmp_path)]
     assert got == ['a.PNG', 'b.png', 'sub/IM0001', 'sub/c.nii.gz', 'sub/deeper/d.npy']
-    assert [f.name for f in image_files(tmp_path, exts=['png'])] == ['a.PNG', 'b.png']
-    assert [f.name for f in image_files(tmp_path, exts='.npy')] == ['d.npy']
+    assert [f.name for f in list_files(tmp_path, exts=['png'])] == ['a.PNG', 'b.png']
+    assert [f.name for f in list_files(tmp_path, exts='.npy')] == ['d.npy']
     (tmp_path/'empty').mkdir()
     with pytest.raises(MedvisionError, match='empty: no image files'):
-        image_files(tmp_path/'empty')
-    with pytest.raises(MedvisionError, match='folder not found'):
-        image_files(tmp_path/'missing')
+        list_files(tmp_path/'empty')
+    with pytest.raises(MedvisionError, match='input not found'):
+        list_files(tmp_path/'missing')
+
+
+def test_file_roles_are_one_table(tmp_path):
+    "Every extension belongs to one role; `list_files` by role keeps exactly that role's files from folders."
+    exts = [e for v in FILE_TYPES.values() for e in v]
+    assert len(exts) == len(set(exts))
+    for role, es in FILE_TYPES.items():
+        for e in es: (tmp_path/f"x{e}").write_bytes(b'x')
+    for role, es in FILE_TYPES.items():
+        assert sorted(file_ext(f) for f in list_files(tmp_path, roles=role)) == sorted(es)
+        assert all(file_role(f) == role for f in list_files(tmp_path, roles=role))

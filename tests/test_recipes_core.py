@@ -305,3 +305,18 @@ def test_model_saved_even_if_monitor_never_improves(tmp_path, data):
     m = train('toy-test', data, tmp_path / 'm', show_progress=False, epochs=2, monitor='always_nan', extra={'nan': True})
     assert m['best_epoch'] is None and m['best_value'] is None
     load_weights(Toy.build_model(TOY, SimpleNamespace(classes=Toy.classes)), tmp_path / 'm' / 'model.pth')
+
+
+@pytest.mark.parametrize('name,key,close', [('chestct-tiny', 'multilabel', 'multi_label'),
+                                            ('covid-tiny', 'lesion_wieght', 'lesion_weight')])
+def test_a_typo_in_extra_raises_with_a_suggestion(tmp_path, name, key, close):
+    "An `extra` key the task does not read stops `train` before any data is read, naming the likely key."
+    r = get_recipe(name)
+    with pytest.raises(MedvisionError, match=f"unknown extra key '{key}' \\(did you mean '{close}'\\?\\)"):
+        train(r, tmp_path/'no-data-needed', tmp_path/'out', extra={**r.extra, key: True})
+    assert not (tmp_path/'out'/'model.pth').exists()
+
+
+def test_extra_values_are_type_checked(tmp_path):
+    with pytest.raises(MedvisionError, match="extra 'multi_label' must be bool"):
+        train('chestct-tiny', tmp_path, tmp_path/'out', extra={'multi_label': 'yes'})

@@ -15,18 +15,16 @@ from fastai.vision.all import (DataBlock, TransformBlock, CategoryBlock, MultiCa
 from fastai.vision.augment import _draw_mask, affine_mat
 from fastcore.basics import partial
 from ..core import MedvisionError, BODY_PARTS, CHESTCT_CLASSES, seed_everything
+from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'DCM_EXTS', 'AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'split_name', 'split_items', 'oversample',
+__all__ = ['AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items', 'oversample',
            'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset', 'classification_dls',
            'parse_target', 'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct',
            'inference_dl']
 
 # %% ../../nbs/11_data.classification.ipynb #a452c00d
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-DCM_EXTS = ('.dcm', '.dicom')
-
-def _finish(df:pd.DataFrame, classes, layout:str, split_name:str=None):
+def finish_items(df:pd.DataFrame, classes, layout:str, split_name:str=None):
     "Attach `classes`, `layout` and `split_name` to `df.attrs` and fix the column order."
     cols = ['path', 'label', 'labels', 'group', 'split']
     df = df[cols + [c for c in df.columns if c not in cols]].reset_index(drop=True)
@@ -107,7 +105,7 @@ class OpenImage:
         "The preprocessed uint8 array, (H,W) for `mode='gray'` else (H,W,3), of `fn`."
         from medvision.io import read_image
         from medvision.intensity import to_rgb, dicom_percentile_window
-        if self.window and self.mode != 'rgb' and Path(fn).suffix.lower() in ('.dcm', '.dicom'):
+        if self.window and self.mode != 'rgb' and file_ext(fn) in DICOM_EXTS:
             x = dicom_percentile_window(fn, self.lo, self.hi)   # grayscale DICOM: no float32 image (same bytes)
             if x.ndim == 2: return x if self.mode == 'gray' else np.ascontiguousarray(np.moveaxis(np.asarray(to_rgb(x)), 0, -1))
         x = np.asarray(read_image(fn))
@@ -122,7 +120,7 @@ class OpenImage:
     def _to8(self, x, fn):
         "uint8 of 2-D `x`: percentile window for X-rays and non-8-bit files, else a plain cast."
         from medvision.intensity import percentile_window
-        if self.window and (self.mode == 'xray' or Path(fn).suffix.lower() not in IMG_EXTS):
+        if self.window and (self.mode == 'xray' or file_ext(fn) not in PIL_EXTS):
             return np.asarray(percentile_window(x, self.lo, self.hi, path=fn), dtype=np.uint8)
         return np.clip(x, 0, 255).astype(np.uint8)
     def __call__(self, fn):
@@ -244,16 +242,13 @@ def parse_target(t, # A `Target` cell: '3 ', '3 15 ', 3 or 3.0
     return ids
 
 # %% ../../nbs/11_data.classification.ipynb #8f8d5e61
-def _index_files(root:Path, suffixes):
-    "Map file stem (without the '-c' suffix) → path for every file below `root` with one of `suffixes`."
+def _index_files(root:Path):
+    "Map file stem (without the '-c' suffix) → path for every DICOM or image file below `root`."
     idx = {}
-    for dp,_,fns in os.walk(root):
-        for f in fns:
-            p = Path(dp)/f
-            if p.suffix.lower() not in suffixes: continue
-            stem = p.name[:-len(p.suffix)]
-            for k in (stem[:-2] if stem.endswith('-c') else None, stem):
-                if k and k not in idx: idx[k] = p
+    for p in list_files(root, roles=('dicom', 'image')):
+        stem = p.name[:-len(p.suffix)] if p.suffix.lower() in DICOM_EXTS + PIL_EXTS else p.name
+        for k in (stem[:-2] if stem.endswith('-c') else None, stem):
+            if k and k not in idx: idx[k] = p
     return idx
 
 def _study_uid(fn):
@@ -316,7 +311,7 @@ def read_unifesp(path, # The CSV (`SOPInstanceUID,Target`[, `image_path`, `Study
                 q = (base/ip.strip()).resolve() if not Path(ip.strip()).is_absolute() else Path(ip.strip())
                 if q.exists(): p = q; break
         if p is None:
-            if idx is None: idx = _index_files(root, DCM_EXTS + IMG_EXTS)
+            if idx is None: idx = _index_files(root)
             p = idx.get(r['SOPInstanceUID'])
         if p is None and i not in drop:
             problems.append((r['SOPInstanceUID'], f"no file {r['SOPInstanceUID']}-c.dcm/.png below {root}")); drop.add(i)
@@ -330,7 +325,7 @@ def read_unifesp(path, # The CSV (`SOPInstanceUID,Target`[, `image_path`, `Study
                            target=[' '.join(map(str, i)) if i else None for i in ids]))
     df = df[keep].reset_index(drop=True)
     if 'StudyInstanceUID' in raw.columns: grp,gname = raw.loc[keep, 'StudyInstanceUID'].astype(str).values,'StudyInstanceUID'
-    elif len(df) and all(Path(p).suffix.lower() in DCM_EXTS for p in df['path']):
+    elif len(df) and all(file_ext(p) in DICOM_EXTS for p in df['path']):
         grp = [_study_uid(p) for p in df['path']]
         grp,gname = ([g or u for g,u in zip(grp, df['SOPInstanceUID'])], 'StudyInstanceUID (DICOM header)')
     else: grp,gname = df['SOPInstanceUID'].values,'image (no StudyInstanceUID available)'
@@ -346,7 +341,7 @@ def read_unifesp(path, # The CSV (`SOPInstanceUID,Target`[, `image_path`, `Study
     if not len(df): raise MedvisionError("no usable rows", csv)
     df.attrs.update(classes=list(classes), group_name=gname)
     df = split_items(df, valid_pct, seed)
-    df = _finish(df, classes, 'unifesp', df.attrs['split_name'])
+    df = finish_items(df, classes, 'unifesp', df.attrs['split_name'])
     df.attrs['skipped'] = skipped
     return df
 
@@ -390,7 +385,7 @@ def read_class_folders(root, # Folder with split folders of class folders, or cl
                        class_fn, # Folder name → canonical class, None to skip it (raises `MedvisionError` for none)
                        classes, # Canonical class names in index order
                        layout:str='folders', # Name of the layout (stored in `attrs`)
-                       exts=IMG_EXTS, # Image file suffixes
+                       exts=PIL_EXTS, # Image file suffixes
                        class_map:dict|None=None, # Explicit folder name → class overrides
                        valid_pct:float=0.2, seed:int=0, # Random split when there is no official one
                        check:bool=False, # Open every image up front (`medvision.io.check_files`)
@@ -420,7 +415,7 @@ def read_class_folders(root, # Folder with split folders of class folders, or cl
         df = split_items(df, valid_pct, seed)
         name = f"random stratified split (no official valid/ folder): {df.attrs['split_name'].split(': ',1)[1]}"
     else: name = f"official split ({', '.join(f'{k}/ = {v.name}/' for k,v in splits.items())})"
-    df = _finish(df, classes, layout, name)
+    df = finish_items(df, classes, layout, name)
     df.attrs['skipped'] = [(str(p), r) for p,r in bad]
     return df
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
 from ..core import MedvisionError, MRI_CLASSES, atomic_write_text
-from .classification import (read_class_folders, split_items, split_folders, _finish, IMG_EXTS, DCM_EXTS,
+from ..io import DICOM_EXTS, PIL_EXTS, FILE_TYPES
+from .classification import (read_class_folders, split_items, split_folders, finish_items,
                                            SPLIT_NAMES)
 
 # %% auto #0
@@ -57,7 +58,7 @@ def mri_folder_class(name:str, include_t1c:bool=False):
 def read_mri_folders(root, include_t1c:bool=False, valid_pct:float=0.2, seed:int=0, check:bool=False, skip_bad:bool=False):
     "Item table of the MRI class-folder layout (official split when there is one)."
     return read_class_folders(root, partial(mri_folder_class, include_t1c=include_t1c), MRI_CLASSES_T1C if include_t1c else MRI_CLASSES,
-                              'mri-folders', exts=IMG_EXTS + DCM_EXTS, valid_pct=valid_pct, seed=seed, check=check, skip_bad=skip_bad)
+                              'mri-folders', exts=PIL_EXTS + DICOM_EXTS, valid_pct=valid_pct, seed=seed, check=check, skip_bad=skip_bad)
 
 # %% ../../nbs/12_data.mri.ipynb #6f8a11d9
 def foreground(v:np.ndarray)->np.ndarray:
@@ -116,7 +117,7 @@ def nifti_slices(fn, # A NIfTI volume
     return [d/f"z{i:04d}.png" for i,_ in sl], [i for i,_ in sl]
 
 # %% ../../nbs/12_data.mri.ipynb #9e4dba42
-NIFTI_EXTS = ('.nii', '.nii.gz')
+NIFTI_EXTS = FILE_TYPES['volume']
 _NOT_IMAGES = re.compile(r'(^|[^a-z])(seg|mask|label|labels)([^a-z]|$)')
 
 def find_volumes(root, include_t1c:bool=False, skip_bad:bool=False)->pd.DataFrame:
@@ -166,7 +167,7 @@ def read_mri_nifti(root, # Folder of case folders of NIfTI volumes (or train/val
     else:
         df = split_items(df, valid_pct, seed, stratify=False)
         name = df.attrs['split_name']
-    return _finish(df, classes, 'mri-nifti', name)
+    return finish_items(df, classes, 'mri-nifti', name)
 
 def read_mri(root, include_t1c:bool=False, **kwargs):
     "Item table of an MRI layout: NIfTI volumes if any are below `root`, else T1/T2/FLAIR class folders."

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from ..core import MedvisionError, SEG_CLASSES, LESION_CLASSES, atomic_write, atomic_save_npy
+from ..io import PIL_EXTS, file_role
 
 # %% auto #0
-__all__ = ['MEDSEG_LABELS', 'IMG_EXTS', 'COVID_PNG_BOUNDARIES', 'LAYOUTS', 'SegItem', 'onehot_to_index', 'NpySlices',
-           'slice_thumb', 'infer_boundaries', 'volume_items', 'SegSource', 'CovidNpy', 'MedsegNifti', 'CovidPng',
-           'PngMasks', 'detect_layout', 'open_source']
+__all__ = ['MEDSEG_LABELS', 'COVID_PNG_BOUNDARIES', 'LAYOUTS', 'SegItem', 'onehot_to_index', 'NpySlices', 'slice_thumb',
+           'infer_boundaries', 'volume_items', 'SegSource', 'CovidNpy', 'MedsegNifti', 'CovidPng', 'PngMasks',
+           'detect_layout', 'open_source']
 
 # %% ../../nbs/10a_data.seg_layouts.ipynb #fdf8ae83
 class SegItem(NamedTuple):
@@ -264,7 +265,6 @@ class MedsegNifti(SegSource):
 def _natkey(s): return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 # %% ../../nbs/10a_data.seg_layouts.ipynb #65e706c4
-IMG_EXTS = ('.png','.jpg','.jpeg','.bmp','.tif','.tiff')
 COVID_PNG_BOUNDARIES = (159, 279, 397, 510, 626, 696, 789)
 
 def _read_png(fn, what='image'):
@@ -281,9 +281,9 @@ def _match(folders:dict, root:Path):
     tabs = {}
     for k,d in folders.items():
         if not d.is_dir(): raise MedvisionError(f"folder {k}/ not found", d)
-        tabs[k] = {f.stem: f for f in d.iterdir() if f.suffix.lower() in IMG_EXTS}
+        tabs[k] = {f.stem: f for f in d.iterdir() if file_role(f) == 'image'}
     first = next(iter(folders))
-    if not tabs[first]: raise MedvisionError(f"no images ({', '.join(IMG_EXTS)}) in {first}/", folders[first])
+    if not tabs[first]: raise MedvisionError(f"no images ({', '.join(PIL_EXTS)}) in {first}/", folders[first])
     allk = set().union(*tabs.values())
     bad = {k: sorted(allk - set(t)) for k,t in tabs.items() if allk - set(t)}
     if bad:
@@ -334,7 +334,7 @@ class CovidPng(_PngBase):
         self.boundaries = list(boundaries)
         self.items = volume_items('png', n, self.boundaries)
         if (p/'test').is_dir():
-            self.test_files = sorted([f for f in (p/'test').iterdir() if f.suffix.lower() in IMG_EXTS], key=lambda f: _natkey(f.name))
+            self.test_files = sorted([f for f in (p/'test').iterdir() if file_role(f) == 'image'], key=lambda f: _natkey(f.name))
             self.test_items = [SegItem('test', i, f"test-{i:03d}", i, i+1) for i in range(len(self.test_files))]
 
     def _load_image(self, it):

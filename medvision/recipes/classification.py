@@ -15,15 +15,30 @@ from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyF
 from ..core import MedvisionError, atomic_write, atomic_write_text
 from ..models import create_model
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
-from ..data.classification import (read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage,
-                                           IMG_EXTS, DCM_EXTS)
-from ..data.mri import read_mri, nifti_slices, vote_volumes, NIFTI_EXTS
+from ..data.classification import read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
+from ..io import file_role
+from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
-from .core import Recipe, register_recipe, input_keys, _classes
+from .core import Recipe, register_recipe, input_keys, dls_classes
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
+__all__ = ['EXTRA', 'LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
            'evaluate_dl', 'predict_files', 'build_eval_dl']
+
+# %% ../../nbs/52_recipes.classification.ipynb #21f17720
+EXTRA = {
+    'opener': (str, "`OpenImage` mode: 'xray' (percentile window, 3 channels), 'gray' or 'rgb'"),
+    'resize': (str, "'crop' (seed 000) or 'pad' (seed 003's pad-resize)"),
+    'multi_label': (bool, "One sigmoid per class (UNIFESP rows with several labels)"),
+    'threshold': (float, "Multi-label decision threshold (default 0.5)"),
+    'valid_pct': (float, "Validation share where the layout has no validation split (default 0.2)"),
+    'check': (bool, "Open every file up front (default True)"),
+    'skip_bad': (bool, "Skip unreadable files with a warning instead of stopping (default False)"),
+    'class_map': (dict, "Folder name → class for class-folder layouts"),
+    'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
+    'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
+    'num_workers': (int, "DataLoader worker processes (default 0)"),
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
 LAYOUTS = ('unifesp', 'chestct', 'mri')
@@ -67,7 +82,7 @@ def data_info(recipe:Recipe, dls)->dict:
 
 def build_model(recipe:Recipe, dls):
     "`create_model(recipe.arch)` with `recipe.n_in` inputs and one output per class."
-    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
+    return create_model(recipe.arch, n_in=recipe.n_in, n_out=len(dls_classes(dls)), pretrained=recipe.pretrained, dropout=recipe.dropout)
 
 def build_loss(recipe:Recipe, dls):
     "Cross-entropy (optionally `label_smoothing` in `recipe.loss`), or BCE with logits for multi-label."
@@ -131,17 +146,17 @@ def _probs(learn, files, info):
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
-    logits = torch.cat(out) if out else torch.zeros(0, len(_classes(learn.dls)))
+    logits = torch.cat(out) if out else torch.zeros(0, len(dls_classes(learn.dls)))
     return (torch.sigmoid(logits) if info['multi_label'] else torch.softmax(logits, 1)).numpy()
 
 def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
     "One row per input: `path`, `input` (path below the inputs' common folder), `class`, `prob_<class>` (+ volume votes, `error`)."
     from medvision.io import check_files
-    classes,info = _classes(learn.dls),_info(learn, recipe)
+    classes,info = dls_classes(learn.dls),_info(learn, recipe)
     files = [Path(f) for f in files]
     keys = dict(zip(files, input_keys(files)))
-    vols = [f for f in files if f.name.lower().endswith(NIFTI_EXTS)]
-    imgs = [f for f in files if f not in vols and (f.suffix.lower() in IMG_EXTS + DCM_EXTS + ('.npy',) or f.suffix == '')]
+    vols = [f for f in files if file_role(f) == 'volume']
+    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom', 'array') or f.suffix == '')]
     rows = [dict(path=str(f), error=f"unsupported file type '{f.suffix}' (images, DICOM, .npy or NIfTI)")
             for f in files if f not in vols and f not in imgs]
     if imgs:

@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
-from ..callbacks import _plain, check_finite_model
+from ..callbacks import to_plain, check_finite_model
+from ..io import list_files
 from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
-           'register_task', 'get_task', 'ModelDls', 'data_info', 'write_json', 'plot_history', 'run_lock', 'train',
-           'read_model_meta', 'load_model_dir', 'evaluate', 'input_keys', 'unique_files', 'predict']
+__all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
+           'register_task', 'get_task', 'ModelDls', 'dls_classes', 'data_info', 'check_extra', 'write_json',
+           'plot_history', 'run_lock', 'train', 'read_model_meta', 'load_model_dir', 'evaluate', 'input_keys',
+           'unique_files', 'predict']
 
 # %% ../../nbs/50_recipes.core.ipynb #c8f41918
 SAMPLERS = (None, 'lesion', 'oversample', 'weighted')
@@ -92,7 +94,7 @@ class Recipe:
         self._check_keys(kw, 'replace()')
         return dataclasses.replace(copy.deepcopy(self), **kw)
 
-    def to_dict(self) -> dict: return _plain(dataclasses.asdict(self))
+    def to_dict(self) -> dict: return to_plain(dataclasses.asdict(self))
     @classmethod
     def from_dict(cls, d:dict) -> Recipe:
         "Build a `Recipe` from a dict (as written by `to_dict`/`recipe.json`)."
@@ -217,7 +219,8 @@ class ModelDls(SimpleNamespace):
                          c=len(classes), device=device or default_device(), path=Path('.'), n_inp=1,
                          train=None, valid=None, loaders=[])
 
-def _classes(dls):
+def dls_classes(dls) -> list:
+    "The class names of `dls` (`classes`, `vocab` or `codes`, whichever it has)."
     for k in ('classes', 'vocab', 'codes'):
         v = getattr(dls, k, None)
         if v is not None and not callable(v):
@@ -227,10 +230,31 @@ def _classes(dls):
 
 def data_info(task, recipe, dls) -> dict:
     "JSON-able facts about the data that a saved model needs: `classes`, `split` and the adapter's `data_info`."
-    info = {'classes': _classes(dls), 'split': getattr(dls, 'split_name', None) or recipe.split or 'valid'}
+    info = {'classes': dls_classes(dls), 'split': getattr(dls, 'split_name', None) or recipe.split or 'valid'}
     if callable(getattr(task, 'data_info', None)):
         info.update({k: v for k,v in (task.data_info(recipe, dls) or {}).items() if v is not None})
-    return _plain(info)
+    return to_plain(info)
+
+# %% ../../nbs/50_recipes.core.ipynb #5e5e30d0
+COMMON_EXTRA = {'tune_space': (dict, "Search space entries added to the tuner's default (see `medvision.tune`)")}
+
+def check_extra(recipe:Recipe, # The recipe whose `extra` to check
+                adapter) -> Recipe: # Its task adapter (`get_task(recipe.task)`)
+    "Raise `MedvisionError` for an `extra` key the task does not read (with a suggestion) or a value of the wrong type."
+    spec = getattr(adapter, 'EXTRA', None)
+    if spec is None: return recipe
+    spec = {**COMMON_EXTRA, **spec}
+    for k,v in recipe.extra.items():
+        if k not in spec:
+            close = difflib.get_close_matches(k, list(spec), n=1)
+            raise MedvisionError(f"recipe {recipe.name!r}: unknown extra key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else '')
+                                 + f"; {recipe.task} recipes read: {', '.join(sorted(spec))}")
+        types = spec[k][0] if isinstance(spec[k][0], tuple) else (spec[k][0],)
+        types = types + ((int,) if float in types else ())
+        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+            want = ' or '.join(t.__name__ for t in types)
+            raise MedvisionError(f"recipe {recipe.name!r}: extra {k!r} must be {want}, got {v!r}")
+    return recipe
 
 # %% ../../nbs/50_recipes.core.ipynb #94cfa656
 def _versions() -> dict:
@@ -239,7 +263,7 @@ def _versions() -> dict:
             'python': platform.python_version()}
 
 def _json_safe(o):
-    o = _plain(o)
+    o = to_plain(o)
     if isinstance(o, float) and not math.isfinite(o): return None
     if isinstance(o, dict): return {k: _json_safe(v) for k,v in o.items()}
     if isinstance(o, list): return [_json_safe(v) for v in o]
@@ -417,6 +441,7 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
     if out.exists() and not out.is_dir(): raise MedvisionError("is a file; the output must be a folder (it will hold model.pth, "
                                                                "recipe.json, metrics.json, ...)", out)
     task = get_task(recipe.task)
+    check_extra(recipe, task)
     with run_lock(out):
         old = [n for n in _RUN_FILES if (out/n).exists()]
         if resume: _check_resume(out, recipe)
@@ -459,7 +484,7 @@ def read_model_meta(model_dir) -> tuple:
     return d, meta
 
 def _check_classes(meta, dls, where):
-    want,got = meta.get('classes'),_classes(dls)
+    want,got = meta.get('classes'),dls_classes(dls)
     if want is not None and got is not None and list(want) != list(got):
         raise MedvisionError(f"the data's classes {got} differ from the model's {want}: wrong data for this model?", where)
 
@@ -527,20 +552,12 @@ def unique_files(files) -> list:
     for f in files: d.setdefault(os.path.abspath(f), Path(f))
     return list(d.values())
 
-def _expand(inputs) -> list:
-    if isinstance(inputs, (str, Path)): inputs = [inputs]
-    files = []
-    for i in inputs:
-        p = check_exists(i, 'input')
-        files += sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')) if p.is_dir() else [p]
-    if not files: raise MedvisionError(f"no input files found in {list(map(str, inputs))}")
-    return files
 
 def predict(model_dir, # Model folder written by `train`
             inputs, # Files or folders (folders are searched recursively)
             out=None) -> pd.DataFrame: # Where the adapter may write outputs (e.g. predicted masks)
     "Predict with a saved model on `inputs`; returns the adapter's table (one row per file)."
     recipe,learn = load_model_dir(model_dir)
-    files = unique_files(_expand(inputs))
+    files = unique_files(list_files(inputs))
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True)
     return get_task(recipe.task).predict_files(learn, recipe, files, Path(out) if out is not None else None)

@@ -19,8 +19,18 @@ from ..interpret.segmentation import predict_dl, seg_report, save_overlays
 from .core import Recipe, register_recipe, input_keys
 
 # %% auto #0
-__all__ = ['COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'build_dls', 'data_info', 'plain_inputs', 'build_model',
+__all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'build_dls', 'data_info', 'plain_inputs', 'build_model',
            'build_loss', 'build_metrics', 'evaluate_dl', 'predict_files']
+
+# %% ../../nbs/51_recipes.segmentation.ipynb #54dafe6f
+EXTRA = {
+    'valid_pct': (float, "Validation share for the `random`/`grouped` splits (default 0.2)"),
+    'lesion_weight': (float, "Sampling weight of slices with lesion when `sampler='lesion'` (default 3)"),
+    'n_overlays': (int, "Overlay PNGs written by `evaluate` (default 8)"),
+    'num_workers': (int, "DataLoader worker processes (default: up to 8 on CUDA, 0 on the CPU)"),
+    'source_kw': (dict, "Keyword arguments for the layout's source, e.g. `{'boundaries': [...]}`"),
+    'stats': ((list, tuple), "Normalisation (mean, std) in [0, 1] window units (default: measured on training slices)"),
+}
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a682c014
 COVID_UNETPP_B2 = register_recipe(Recipe(
