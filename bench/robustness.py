@@ -57,7 +57,7 @@ def hostile_cases(d):
     "(name, expect, callable) for every crafted case; `expect` is 'MedvisionError' or 'ok'."
     import numpy as np
     from medvision.io import read_image
-    from medvision.recipes.core import Recipe, input_keys, run_lock, train, _LOCK
+    from medvision.recipes.core import Recipe, input_keys, run_lock, train
     d = Path(d)
     cases = []
     for r, c, n, rle in [(20000, 20000, 1, True), (60000, 60000, 1, True), (512, 512, 4096, True), (20000, 20000, 1, False)]:
@@ -84,9 +84,9 @@ def hostile_cases(d):
     cases.append(('second train on a locked --out', 'MedvisionError', second_lock))
     def stale_lock():
         (d / 'stale').mkdir()
-        (d / 'stale' / _LOCK).write_text(f"{2**22 + 12345} {os.uname().nodename}\n")  # a pid that does not run
+        (d / 'stale' / '.medvision-train.lock').write_text(f"{2**22 + 12345} {os.uname().nodename}\n")  # a pid that does not run
         with run_lock(d / 'stale'): pass
-        assert not (d / 'stale' / _LOCK).exists()
+        assert not (d / 'stale' / '.medvision-train.lock').exists()
     cases.append(('stale lock of a dead process', 'ok', stale_lock))
     def overwrite_broken():
         old = d / 'run'; old.mkdir()

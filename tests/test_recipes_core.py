@@ -209,6 +209,18 @@ def test_interrupted_train_resumes_to_the_same_result(tmp_path, data):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_metrics_tell_the_truth_about_early_stopping_after_resume(tmp_path, data):
+    "Issue 17.2: an early-stopped, interrupted and resumed run reports each epoch once, epochs_run and stopped_early."
+    kw = dict(show_progress=False, epochs=6, monitor='always_nan', patience=2, extra={'nan': True})
+    full = train('toy-test', data, tmp_path / 'full', **kw)
+    with pytest.raises(TrainingInterrupted): train('toy-test', data, tmp_path / 'cut', cbs=[RaiseAt(1)], **kw)
+    res = train('toy-test', data, tmp_path / 'cut', resume=True, **kw)
+    for m in (full, res):
+        assert [r['epoch'] for r in m['history']] == [0, 1]
+        assert (m['epochs_run'], m['epochs_planned'], m['stopped_early'], m['stopped_epoch']) == (2, 6, True, 1)
+    assert res['resumed_from_epoch'] == 1 and json.loads((tmp_path / 'cut' / 'metrics.json').read_text())['epochs_run'] == 2
+
+
 def test_resume_errors(tmp_path, data):
     with pytest.raises(MedvisionError, match='nothing to resume'): train('toy-test', data, tmp_path / 'new', resume=True)
     with pytest.raises(TrainingInterrupted):
