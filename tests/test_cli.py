@@ -331,6 +331,6 @@ def test_predict_fastai_export_needs_trust_pickle(tmp_path):
     r = ok(mv('predict', '--model', tmp_path/'export.pkl', img, '--trust-pickle', '--csv', tmp_path/'p.csv'))
     import pandas as pd
     df = pd.read_csv(tmp_path/'p.csv')
-    assert list(df.columns) == ['file', 'class', 'prob_bright', 'prob_dark'] and len(df) == 1
+    assert list(df.columns) == ['file', 'input', 'class', 'prob_bright', 'prob_dark'] and len(df) == 1 and df['input'][0] == '0.png'
     assert df['class'][0] in ('bright', 'dark') and abs(df.prob_bright[0] + df.prob_dark[0] - 1) < 1e-5
     assert not (tmp_path/'predictions').exists()

@@ -122,7 +122,9 @@ def test_overwrite_with_broken_data_keeps_the_old_run(chest, model, tmp_path):
 
 def test_second_train_into_the_same_out_fails_at_once(chest, tmp_path):
     d, _ = chest
-    first = popen('train', RECIPE, '--data', d/'data', '--out', tmp_path/'run', '--epochs', 500, *TRAIN)  # stopped below
+    from medvision.recipes.core import get_recipe
+    get_recipe(RECIPE).replace(name='cc-long', patience=None, epochs=500).to_json(tmp_path/'long.json')  # no early stop
+    first = popen('train', tmp_path/'long.json', '--data', d/'data', '--out', tmp_path/'run', *TRAIN)  # stopped below
     try:
         assert wait_for(lambda: (tmp_path/'run'/'.medvision-train.lock').exists(), first), first.communicate()
         fails(mv('train', RECIPE, '--data', d/'data', '--out', tmp_path/'run', *TRAIN), 'another `medvision train`', 'pid')

@@ -177,7 +177,7 @@ def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
     if not rows: raise MedvisionError(f"no image, DICOM or NIfTI files among the {len(files)} input file(s)")
     df = pd.DataFrame(rows)
     df['input'] = [keys.get(Path(p), p) for p in df['path']]
-    cols = ['path', 'input', 'class'] + [c for c in df.columns if c not in ('path', 'input', 'class', 'error')] + ['error']
+    cols = ['path', 'class', 'input'] + [c for c in df.columns if c not in ('path', 'input', 'class', 'error')] + ['error']
     df = df[[c for c in cols if c in df.columns]]
     if out is not None: atomic_write(Path(out)/'predictions.csv', lambda t: df.to_csv(t, index=False))
     return df
