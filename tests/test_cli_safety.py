@@ -18,7 +18,8 @@ def popen(*args):
            'PYTHONWARNINGS': 'ignore::DeprecationWarning',
            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
     return subprocess.Popen([sys.executable, '-m', 'medvision.cli', *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,  # Ctrl-C handled even when pytest runs in the background:
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(cond, p, timeout=300):
