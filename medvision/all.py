@@ -14,7 +14,7 @@ from .data.segmentation import *
 from .data.classification import *
 from .data.mri import *
 from .phantoms import *
-from .synth import *   # after the data modules, so `LAYOUTS` is the synthetic-layout registry
+from .synth import *   # after the data modules, (each registry has its own name: SEG_LAYOUTS, SYNTH_LAYOUTS, CLS_LAYOUTS)
 from .models import *
 from .losses import *
 from .metrics import *

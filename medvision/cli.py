@@ -133,11 +133,23 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
     df = pd.DataFrame(rows)
     return df[[c for c in df.columns if c != 'error'] + (['error'] if 'error' in df else [])]
 
+def _write_submission(df, model, path, threshold):
+    "Write `df` (a classification prediction table) as a UNIFESP submission CSV."
+    from medvision.core import atomic_write
+    from medvision.recipes.classification import submission_table
+    _,meta = load_recipes().read_model_meta(model)
+    if meta['recipe']['task'] != 'classification': raise MedvisionError("--submission needs a classification model", model)
+    ml = bool((meta.get('data_info') or {}).get('multi_label'))
+    sub = submission_table(df, meta.get('classes') or [], threshold=threshold, multi_label=ml)
+    atomic_write(path, lambda t: sub.to_csv(t, index=False))
+
 def cli_predict(model:Annotated[Path, "Model folder written by `medvision train` (or, with --trust-pickle, a fastai export .pkl)", {'required':True}]=None,
                 inputs:Annotated[str, "Image files or folders (DICOM, PNG/JPG, NIfTI, .npy)", {'nargs':'+', 'opt':False}]=None,
                 csv:Path=None, # Also write the prediction table to this CSV file
                 out:Path=None, # Folder for predicted masks (segmentation; default: `predictions`)
-                trust_pickle:bool=False): # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                trust_pickle:bool=False, # Allow `--model` to be a pickled fastai export (unpickling can run code: only files you trust)
+                submission:Path=None, # Also write a Kaggle UNIFESP submission CSV (`SOPInstanceUID,Target`, space-separated class ids)
+                threshold:float=None): # Submission: class ids with probability >= this (multi-label); default the top class (0.5 for multi-label)
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation."
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise MedvisionError("is a file; --out must be a folder (the predicted masks are written into it)", out)
@@ -155,10 +167,12 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
     _check_predicted(df)
+    if submission is not None: _write_submission(df, model, submission, threshold)
     import pandas as pd
     with pd.option_context('display.max_rows', 50, 'display.width', 200):
         print(df.to_string(index=False) if len(df) <= 50 else df)
     if csv is not None: print(f"written to {csv}")
+    if submission is not None: print(f"submission written to {submission}")
     return df
 
 def _check_predicted(df):
@@ -177,9 +191,9 @@ def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (s
               size:int=None, # Image size in pixels (default: the layout's)
               seed:int=0): # Random seed
     "Write a synthetic dataset in one of the real on-disk layouts, to try any recipe without data."
-    from medvision.synth import LAYOUTS, synth
-    if layout not in LAYOUTS:
-        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(LAYOUTS)}")
+    from medvision.synth import SYNTH_LAYOUTS, synth
+    if layout not in SYNTH_LAYOUTS:
+        raise MedvisionError(f"unknown layout '{layout}'; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
     p = synth(layout, out, n=n, size=size, seed=seed)
     nf = sum(1 for f in Path(p).rglob('*') if f.is_file())
     print(f"{layout}: {nf} files written to {p}")

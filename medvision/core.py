@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SEG_CLASSES', 'SEG_FG', 'LESION_CLASSES', 'BODY_PARTS', 'CHESTCT_CLASSES', 'MRI_CLASSES', 'MedvisionError',
-           'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'shared_data',
-           'check_exists', 'default_device']
+           'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'cache_dir',
+           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device']
 
 # %% ../nbs/00_core.ipynb #6b41c347
 class MedvisionError(ValueError):
@@ -84,6 +84,53 @@ def atomic_save_npy(arr, path):
     def _w(t):
         with open(t, "wb") as f: np.save(f, arr)
     return atomic_write(path, _w)
+
+# %% ../nbs/00_core.ipynb #b2e646c7
+def cache_dir(*parts:str) -> Path:
+    "The private cache folder (`0700`, created) `$MEDVISION_CACHE/<parts>`, default `~/.cache/medvision/<parts>`."
+    root = os.environ.get('MEDVISION_CACHE')
+    root = Path(root) if root else Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'medvision'
+    d = root.joinpath(*parts)
+    for p in [root, *[root.joinpath(*parts[:k+1]) for k in range(len(parts))]]:
+        p.mkdir(parents=True, exist_ok=True)
+        st = p.stat()
+        if st.st_uid != os.getuid(): raise MedvisionError("cache folder belongs to another user: set MEDVISION_CACHE", p)
+        if st.st_mode & 0o077: os.chmod(p, 0o700)
+    return d
+
+# %% ../nbs/00_core.ipynb #d2f8889e
+def cache_key(fn, # The source file the cached entry is derived from
+              **params) -> str: # Every setting that changes the derived result
+    "Key of a cache entry: the source's resolved path, size and mtime, plus `params` (sorted) — hashed."
+    import hashlib, json
+    fn = Path(fn); st = fn.stat()
+    desc = json.dumps([str(fn.resolve()), st.st_size, st.st_mtime_ns, params], sort_keys=True, default=str)
+    return hashlib.sha256(desc.encode()).hexdigest()[:20]
+
+# %% ../nbs/00_core.ipynb #27097de0
+def _sha256(fn) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(fn, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def cache_seal(entry:Path, # The entry's folder
+               files:list): # Its files (inside `entry`)
+    "Write `entry`'s manifest (SHA-256 of each file), last, so that `cache_valid` trusts the entry."
+    import json
+    man = {Path(f).name: _sha256(f) for f in files}
+    atomic_write_text(json.dumps(man), Path(entry)/'manifest.json')
+    for f in [*files, Path(entry)/'manifest.json']: os.chmod(f, 0o600)
+
+def cache_valid(entry:Path) -> bool:
+    "True if `entry` has a manifest and every file in it still has its recorded SHA-256."
+    import json
+    m = Path(entry)/'manifest.json'
+    if not m.is_file(): return False
+    try: man = json.loads(m.read_text())
+    except ValueError: return False
+    return all((Path(entry)/n).is_file() and _sha256(Path(entry)/n) == h for n,h in man.items())
 
 # %% ../nbs/00_core.ipynb #df31d35d
 def shared_data(name:str=None): # A dataset folder below the shared data root, e.g. 'covid-ct-png'

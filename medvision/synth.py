@@ -18,10 +18,10 @@ from .phantoms import (synth_ct_slice, synth_ct_volume, synth_radiograph, synth_
 
 # %% auto #0
 __all__ = ['UID_PREFIX', 'FAKE_PHI', 'MEDSEG_LABELS', 'CT_INTERCEPT', 'DEFAULT_BODYPARTS', 'CHESTCT_FOLDERS', 'MRI_NIFTI_STYLES',
-           'LAYOUTS', 'kaggle_onehot', 'covid_npy_arrays', 'write_covid_npy', 'write_covid_png', 'write_medseg_nifti',
-           'write_dicom_ct', 'write_unifesp_dicom', 'write_unifesp_png', 'write_chestct', 'write_mri_folders',
-           'write_mri_nifti', 'synth', 'synth_ct_slice', 'synth_ct_volume', 'synth_radiograph', 'synth_mri_slice',
-           'synth_mri_case', 'synth_chestct', 'show_synth']
+           'SYNTH_LAYOUTS', 'kaggle_onehot', 'covid_npy_arrays', 'write_covid_npy', 'write_covid_png',
+           'write_medseg_nifti', 'write_dicom_ct', 'write_unifesp_dicom', 'write_unifesp_png', 'write_chestct',
+           'write_mri_folders', 'write_mri_nifti', 'synth', 'synth_ct_slice', 'synth_ct_volume', 'synth_radiograph',
+           'synth_mri_slice', 'synth_mri_case', 'synth_chestct', 'show_synth']
 
 # %% ../nbs/03_synth.ipynb #75094df9
 _all_ = ['synth_ct_slice', 'synth_ct_volume', 'synth_radiograph', 'synth_mri_slice', 'synth_mri_case',
@@ -388,18 +388,18 @@ def write_mri_nifti(out, # Folder to write into (created)
     return out
 
 # %% ../nbs/03_synth.ipynb #d2a5af5f
-LAYOUTS = {'covid-npy': write_covid_npy, 'covid-png': write_covid_png, 'medseg-nifti': write_medseg_nifti,
+SYNTH_LAYOUTS = {'covid-npy': write_covid_npy, 'covid-png': write_covid_png, 'medseg-nifti': write_medseg_nifti,
            'dicom-ct': write_dicom_ct, 'unifesp-dicom': write_unifesp_dicom, 'unifesp-png': write_unifesp_png,
            'chestct': write_chestct, 'mri-folders': write_mri_folders, 'mri-nifti': write_mri_nifti}
 
-def synth(layout:str, # One of `LAYOUTS`
+def synth(layout:str, # One of `SYNTH_LAYOUTS`
           out, # Folder to write into (created)
           n:int=None, # Number of images/slices/cases (each writer's default when `None`)
           size:int=None, # Image side in pixels (each writer's default when `None`)
           seed:int=0, # Random seed
           **kwargs): # Passed on to the writer
     "Write the synthetic dataset `layout` into `out`; returns `out` as a `Path`."
-    if layout not in LAYOUTS:
-        raise MedvisionError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    if layout not in SYNTH_LAYOUTS:
+        raise MedvisionError(f"unknown layout {layout!r}; valid layouts: {', '.join(SYNTH_LAYOUTS)}")
     kw = {k: v for k,v in dict(n=n, size=size).items() if v is not None}
-    return Path(LAYOUTS[layout](out, seed=seed, **kw, **kwargs))
+    return Path(SYNTH_LAYOUTS[layout](out, seed=seed, **kw, **kwargs))

@@ -3,6 +3,8 @@ import ipaddress, os, socket
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# derived-file cache of the whole run (subprocesses inherit it): never the user's own ~/.cache/medvision
+os.environ.setdefault("MEDVISION_CACHE", __import__("tempfile").mkdtemp(prefix="medvision-test-cache-"))
 
 
 def _loopback(address) -> bool:

@@ -9,9 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ['recipes', 'demo', 'train', 'evaluate', 'predict', 'synth', 'dicom-info', 'anonymize']
 
 
-def mv(*args, cwd=None, timeout=600):
-    "Run `python -m medvision.cli *args`; returns the CompletedProcess (text stdout/stderr)."
-    env = {**os.environ, 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'),
+def mv(*args, cwd=None, timeout=600, env=None):
+    "Run `python -m medvision.cli *args` (extra environment `env`); returns the CompletedProcess (text stdout/stderr)."
+    env = {**os.environ, **(env or {}), 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'),
            'PYTHONWARNINGS': 'ignore::DeprecationWarning',
            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
     env.pop('MEDVISION_DEBUG', None)

@@ -117,3 +117,20 @@ def test_learner_tools_end_to_end(tmp_path):
     assert len(tl) == 4 and (tmp_path/'top.png').exists()
     cams = plot_gradcam(learn, cp.paths[:3], tmp_path/'cam.png', targets=['normal'] * 3)
     assert len(cams) == 3 and cams[0].shape == (32, 32) and (tmp_path/'cam.png').exists()
+
+
+def test_gradcam_on_a_model_loaded_without_its_data(tmp_path):
+    "A model folder alone (no training data) explains images: `ModelDls.test_dl` rebuilds the preprocessing."
+    from medvision.recipes.core import train, load_model_dir
+    from medvision.synth import synth
+    data = synth('chestct', tmp_path/'ct', n=4, size=32)
+    train('chestct-tiny', data, tmp_path/'m', size=32, epochs=1, show_progress=False)
+    recipe, learn = load_model_dir(tmp_path/'m')            # no data: learn.dls is a ModelDls
+    files = sorted((data/'test').rglob('*.png'))[:2]
+    cams = plot_gradcam(learn, files, tmp_path/'cam.png', show=False)
+    assert len(cams) == 2 and all(c.shape == (32, 32) and 0 <= c.min() and c.max() <= 1 for c in cams)
+    assert (tmp_path/'cam.png').stat().st_size > 1000
+    x = learn.dls.test_dl(files[:1], bs=1).one_batch()[0]
+    cam, t, p = grad_cam(learn.model, x, return_prob=True)
+    with torch.no_grad(): ref = torch.softmax(learn.model.eval()(x), 1)[0, t].item()
+    assert abs(p - ref) < 1e-5                             # the probability comes from the same forward pass

@@ -24,7 +24,7 @@ def test_recipes_registered():
     assert set(MAIN) <= set(df.name) and df.reproduces.str.len().gt(20).all()
     for n in MAIN:
         r = get_recipe(n)
-        assert r.task == 'classification' and r.layout in rc.LAYOUTS and r.reproduces and 'seed 00' in r.reproduces
+        assert r.task == 'classification' and r.layout in rc.CLS_LAYOUTS and r.reproduces and 'seed 00' in r.reproduces
     r = get_recipe('bodypart-densenet121')
     assert (r.schedule, r.sampler, r.augs, r.size, r.arch) == ('seed000', 'oversample', 'seed000', 224, 'densenet121')
     assert get_recipe('mri-cnn').augs == 'seed002' and get_recipe('chestct-cnn').augs == 'seed003'

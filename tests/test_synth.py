@@ -9,7 +9,7 @@ from PIL import Image
 
 from medvision.core import MedvisionError, SEG_CLASSES, BODY_PARTS, CHESTCT_CLASSES
 from medvision import synth as S
-from medvision.synth import (LAYOUTS, synth, FAKE_PHI, CHESTCT_FOLDERS, kaggle_onehot, covid_npy_arrays,
+from medvision.synth import (SYNTH_LAYOUTS, synth, FAKE_PHI, CHESTCT_FOLDERS, kaggle_onehot, covid_npy_arrays,
                              synth_ct_slice, synth_ct_volume, synth_radiograph, synth_mri_slice, synth_chestct)
 
 BG, LUNG, GGO, CONS = (SEG_CLASSES.index(c) for c in ('background', 'lungs_other', 'ground_glass', 'consolidation'))
@@ -312,17 +312,17 @@ def test_mri_nifti(tmp_path):
 # ---------------------------------------------------------------- dispatch and determinism
 
 def test_synth_dispatch(tmp_path):
-    assert set(LAYOUTS) == {'covid-npy', 'covid-png', 'medseg-nifti', 'dicom-ct', 'unifesp-dicom', 'unifesp-png',
+    assert set(SYNTH_LAYOUTS) == {'covid-npy', 'covid-png', 'medseg-nifti', 'dicom-ct', 'unifesp-dicom', 'unifesp-png',
                             'chestct', 'mri-folders', 'mri-nifti'}
     with pytest.raises(MedvisionError) as e: synth('kaggle', tmp_path)
-    assert "unknown layout 'kaggle'" in str(e.value) and all(k in str(e.value) for k in LAYOUTS)
+    assert "unknown layout 'kaggle'" in str(e.value) and all(k in str(e.value) for k in SYNTH_LAYOUTS)
     out = synth('covid-npy', tmp_path/'a', n=5, size=24, seed=1)
     assert out == tmp_path/'a' and np.load(out/'masks_medseg.npy').shape == (5, 24, 24, 4)
     out = synth('mri-nifti', tmp_path/'b', n=1, size=24)
     assert len(_files(out)) == 4
 
 
-@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+@pytest.mark.parametrize('layout', sorted(SYNTH_LAYOUTS))
 def test_deterministic(tmp_path, layout):
     a, b, c = (_digest(synth(layout, tmp_path/f'{i}', n=4, size=32, seed=s)) for i, s in enumerate([7, 7, 8]))
     assert a == b and a != c

@@ -11,15 +11,14 @@ from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
-from ..core import MedvisionError, MRI_CLASSES, atomic_write_text
+from ..core import MedvisionError, MRI_CLASSES, atomic_write_text, cache_dir, cache_key, cache_seal, cache_valid
 from ..io import DICOM_EXTS, PIL_EXTS, FILE_TYPES
 from .classification import (read_class_folders, split_items, split_folders, finish_items,
                                            SPLIT_NAMES)
 
 # %% auto #0
 __all__ = ['MRI_SEQUENCES', 'MRI_CLASSES_T1C', 'NIFTI_EXTS', 'mri_sequence', 'mri_folder_class', 'read_mri_folders', 'foreground',
-           'volume_slices', 'default_cache', 'nifti_slices', 'find_volumes', 'read_mri_nifti', 'read_mri', 'vote',
-           'vote_volumes']
+           'volume_slices', 'nifti_slices', 'find_volumes', 'read_mri_nifti', 'read_mri', 'vote', 'vote_volumes']
 
 # %% ../../nbs/12_data.mri.ipynb #7dc24b6e
 MRI_SEQUENCES = {'t1': 'T1', 't1n': 'T1', 't1w': 'T1', 't1native': 'T1', 't2': 'T2', 't2w': 'T2',
@@ -87,20 +86,15 @@ def volume_slices(vol:np.ndarray, # 3-D volume (a 4-D one uses its first channel
             for i in range(0, v.shape[axis], step) if frac[i] >= min_fg]
 
 # %% ../../nbs/12_data.mri.ipynb #f34e63db
-def default_cache()->Path:
-    "Folder for cached slices: `$MEDVISION_CACHE` or `<tmp>/medvision-cache`."
-    return Path(os.environ.get('MEDVISION_CACHE') or Path(tempfile.gettempdir())/'medvision-cache')
-
 def nifti_slices(fn, # A NIfTI volume
-                 cache=None, # Cache folder (default: `default_cache()/'mri-slices'`)
+                 cache=None, # Cache folder (default: the private `cache_dir('mri-slices')`)
                  axis:int=2, min_fg:float=0.05, lo:float=1, hi:float=99, step:int=1):
     "PNG paths of the kept slices of `fn` (written once to `cache`), and their slice indices."
     fn = Path(fn)
-    st = fn.stat()
-    key = hashlib.sha1(f"{fn.resolve()}|{st.st_size}|{st.st_mtime_ns}|{axis}|{min_fg}|{lo}|{hi}|{step}".encode()).hexdigest()[:12]
-    d = Path(cache or default_cache()/'mri-slices')/f"{_stem(fn.name)}-{key}"
+    key = cache_key(fn, axis=axis, min_fg=min_fg, lo=lo, hi=hi, step=step)   # named by the key only, never the input
+    d = (Path(cache) if cache else cache_dir('mri-slices'))/key
     idx_file = d/'slices.txt'
-    if idx_file.exists():
+    if cache_valid(d):
         idx = [int(l) for l in idx_file.read_text().split()]
         return [d/f"z{i:04d}.png" for i in idx], idx
     from medvision.io import read_volume
@@ -111,9 +105,10 @@ def nifti_slices(fn, # A NIfTI volume
     except MedvisionError: raise
     except Exception as e: raise MedvisionError(f"cannot read NIfTI volume ({type(e).__name__}: {e})", fn) from e
     sl = volume_slices(vol, axis=axis, min_fg=min_fg, lo=lo, hi=hi, step=step)
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     for i,s in sl: Image.fromarray(s).save(d/f"z{i:04d}.png")
-    atomic_write_text('\n'.join(str(i) for i,_ in sl), idx_file)   # written last: marks the folder complete
+    atomic_write_text('\n'.join(str(i) for i,_ in sl), idx_file)
+    cache_seal(d, [d/f"z{i:04d}.png" for i,_ in sl] + [idx_file])   # written last: only a complete entry is read
     return [d/f"z{i:04d}.png" for i,_ in sl], [i for i,_ in sl]
 
 # %% ../../nbs/12_data.mri.ipynb #9e4dba42

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 from ..core import MedvisionError, SEG_CLASSES, LESION_CLASSES, atomic_write, atomic_save_npy
+from ..core import cache_dir as _private_cache, cache_key, cache_seal, cache_valid
 from ..io import PIL_EXTS, file_role
 
 # %% auto #0
-__all__ = ['MEDSEG_LABELS', 'COVID_PNG_BOUNDARIES', 'LAYOUTS', 'SegItem', 'onehot_to_index', 'NpySlices', 'slice_thumb',
+__all__ = ['MEDSEG_LABELS', 'COVID_PNG_BOUNDARIES', 'SEG_LAYOUTS', 'SegItem', 'onehot_to_index', 'NpySlices', 'slice_thumb',
            'infer_boundaries', 'volume_items', 'SegSource', 'CovidNpy', 'MedsegNifti', 'CovidPng', 'PngMasks',
-           'detect_layout', 'open_source']
+           'SegLayout', 'detect_layout', 'open_source']
 
 # %% ../../nbs/10a_data.seg_layouts.ipynb #fdf8ae83
 class SegItem(NamedTuple):
@@ -201,10 +202,9 @@ MEDSEG_LABELS = {0:'other', 1:'ground_glass', 2:'consolidation', 3:'effusion'}
 def _nifti_cache(fn:Path, cache_dir, dtype):
     "Decompress NIfTI `fn` once into `(D,H,W)` `.npy` in `cache_dir`; returns `NpySlices` on it."
     import nibabel as nib
-    st = fn.stat()
-    key = hashlib.sha1(f"{fn.resolve()}|{st.st_size}|{st.st_mtime_ns}|{np.dtype(dtype).str}".encode()).hexdigest()[:16]
-    out = Path(cache_dir)/f"{fn.name.split('.')[0]}-{key}.npy"
-    if not out.exists():
+    entry = Path(cache_dir)/cache_key(fn, dtype=np.dtype(dtype).str)   # named by the key only, never the input
+    out = entry/'volume.npy'
+    if not cache_valid(entry):
         try: img = nib.load(str(fn)); data = np.asarray(img.dataobj)
         except Exception as e: raise MedvisionError(f"unreadable NIfTI ({type(e).__name__}: {e})", fn) from None
         if data.ndim == 4 and data.shape[-1] == 1: data = data[..., 0]
@@ -212,7 +212,9 @@ def _nifti_cache(fn:Path, cache_dir, dtype):
         if data.ndim != 3: raise MedvisionError(f"expected a 3-D volume, got shape {data.shape}", fn)
         arr = np.ascontiguousarray(np.moveaxis(data, -1, 0).astype(dtype))
         del data
+        entry.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_save_npy(arr, out)
+        cache_seal(entry, [out])
     return NpySlices(out)
 
 class MedsegNifti(SegSource):
@@ -220,11 +222,11 @@ class MedsegNifti(SegSource):
     layout = 'medseg-nifti'
     def __init__(self, path, # Folder with tr_im.nii.gz, tr_mask.nii.gz (and/or rp_im/, rp_msk/)
                  effusion:str='background', # Class for MedSeg label 3 (pleural effusion)
-                 cache_dir=None): # Where decompressed volumes go (default: temp folder)
+                 cache_dir=None): # Where decompressed volumes go (default: the private `medvision.core.cache_dir`)
         super().__init__(path)
         if effusion not in SEG_CLASSES: raise MedvisionError(f"effusion={effusion!r}: must be one of {SEG_CLASSES}")
         self.lut = np.array([SEG_CLASSES.index(c) for c in ['background','ground_glass','consolidation',effusion]], np.uint8)
-        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir())/'medvision-cache'); self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir) if cache_dir else _private_cache('medseg-volumes')
         p,self.vols = self.path,{}
         def find(stem, folder=p): return next((folder/f"{stem}{e}" for e in ('.nii.gz','.nii') if (folder/f"{stem}{e}").exists()), None)
         pairs = []
@@ -383,31 +385,41 @@ class PngMasks(_PngBase):
         return m.astype(np.uint8)
 
 # %% ../../nbs/10a_data.seg_layouts.ipynb #23ba57ed
-LAYOUTS = {
-    'covid-npy': ('images_medseg.npy + masks_medseg.npy [+ images_radiopedia.npy + masks_radiopedia.npy, test_images_medseg.npy]', CovidNpy),
-    'medseg-nifti': ('tr_im.nii.gz + tr_mask.nii.gz [+ val_im.nii.gz] and/or rp_im/*.nii.gz + rp_msk/*.nii.gz', MedsegNifti),
-    'covid-png': ('ct/ + covid/ [+ lungs/] PNG folders matched by file name (8-bit, binary 0/255 masks)', CovidPng),
-    'png-masks': ('images/ + masks/ folders matched by file name (index masks)', PngMasks),
+class SegLayout(NamedTuple):
+    "A segmentation layout on disk: what it looks like, the source class that reads it, and its own `detect(folder)`."
+    description: str
+    source: type
+    detect: callable
+
+def _has(p, *names): return all((p/n).exists() for n in names)
+
+SEG_LAYOUTS = {
+    'covid-npy': SegLayout('images_medseg.npy + masks_medseg.npy [+ images_radiopedia.npy + masks_radiopedia.npy, '
+                           'test_images_medseg.npy]', CovidNpy, lambda p: _has(p, 'images_medseg.npy')),
+    'medseg-nifti': SegLayout('tr_im.nii.gz + tr_mask.nii.gz [+ val_im.nii.gz] and/or rp_im/*.nii.gz + rp_msk/*.nii.gz',
+                              MedsegNifti, lambda p: _has(p, 'tr_im.nii.gz') or _has(p, 'tr_im.nii') or (p/'rp_im').is_dir()),
+    'covid-png': SegLayout('ct/ + covid/ [+ lungs/] PNG folders matched by file name (8-bit, binary 0/255 masks)',
+                           CovidPng, lambda p: (p/'ct').is_dir() and (p/'covid').is_dir()),
+    'png-masks': SegLayout('images/ + masks/ folders matched by file name (index masks)',
+                           PngMasks, lambda p: (p/'images').is_dir() and (p/'masks').is_dir()),
 }
 
 def detect_layout(path): # A dataset folder
-    "Name of the segmentation layout of folder `path`, or a `MedvisionError` listing the expected ones."
+    "Name of the segmentation layout of folder `path` (the first whose `detect` says yes), else a `MedvisionError`."
     p = Path(path)
     if not p.exists(): raise MedvisionError("dataset folder not found", p)
     if p.is_file(): p = p.parent
-    has = lambda *ns: all((p/n).exists() for n in ns)
-    if has('images_medseg.npy'): return 'covid-npy'
-    if any(has(f"tr_im{e}") for e in ('.nii.gz','.nii')) or (p/'rp_im').is_dir(): return 'medseg-nifti'
-    if (p/'ct').is_dir() and (p/'covid').is_dir(): return 'covid-png'
-    if (p/'images').is_dir() and (p/'masks').is_dir(): return 'png-masks'
-    found = sorted(f.name + ('/' if f.is_dir() else '') for f in p.iterdir())
-    exp = '\n'.join(f"  {k}: {v[0]}" for k,v in LAYOUTS.items())
-    raise MedvisionError(f"not a known segmentation layout; found {', '.join(found[:12]) or 'an empty folder'}{' ...' if len(found)>12 else ''}. Expected one of:\n{exp}", p)
+    found = next((k for k,l in SEG_LAYOUTS.items() if l.detect(p)), None)
+    if found: return found
+    seen = sorted(f.name + ('/' if f.is_dir() else '') for f in p.iterdir())
+    exp = '\n'.join(f"  {k}: {l.description}" for k,l in SEG_LAYOUTS.items())
+    raise MedvisionError(f"not a known segmentation layout; found {', '.join(seen[:12]) or 'an empty folder'}"
+                         f"{' ...' if len(seen)>12 else ''}. Expected one of:\n{exp}", p)
 
 def open_source(path, # A dataset folder
-                layout:str=None, # One of `LAYOUTS` (default: `detect_layout`)
+                layout:str=None, # One of `SEG_LAYOUTS` (default: `detect_layout`)
                 **kwargs): # Passed to the layout's source class
     "The `SegSource` for the dataset in `path`."
     layout = layout or detect_layout(path)
-    if layout not in LAYOUTS: raise MedvisionError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}", path)
-    return LAYOUTS[layout][1](path, **kwargs)
+    if layout not in SEG_LAYOUTS: raise MedvisionError(f"unknown layout {layout!r}; valid: {', '.join(SEG_LAYOUTS)}", path)
+    return SEG_LAYOUTS[layout].source(path, **kwargs)

@@ -14,7 +14,7 @@ from fastai.vision.all import (Transform, TensorImage, TensorMask, Datasets, Dat
 from fastai.callback.data import WeightedDL
 from ..core import MedvisionError
 from ..intensity import HUWindow, Standardize
-from .seg_layouts import SegItem, SegSource, open_source, detect_layout, LAYOUTS
+from .seg_layouts import SegItem, SegSource, open_source, detect_layout, SEG_LAYOUTS
 
 # %% auto #0
 __all__ = ['SPLITS', 'split_seed001', 'split_grouped', 'split_blocks', 'split_random', 'seg_split', 'TensorCT', 'ReadSlice',
@@ -188,7 +188,7 @@ def _check_files(source):
     check_files(files)
 
 def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
-                    layout:str=None, # One of `LAYOUTS`; default `detect_layout`
+                    layout:str=None, # One of `SEG_LAYOUTS`; default `detect_layout`
                     size:int=256, # Side the slices are resized to
                     bs:int=8, # Batch size
                     split=None, # `SPLITS` name or `(train_idx, valid_idx)`; default: the layout's own

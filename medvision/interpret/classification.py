@@ -184,8 +184,9 @@ def last_conv(model:nn.Module):
 def grad_cam(model:nn.Module, # A classifier returning logits
              x:torch.Tensor, # One normalised input `(C,H,W)` or `(1,C,H,W)`
              target:int=None, # Class to explain (default: the predicted one)
-             layer:nn.Module=None): # Layer whose activations are weighted (default: `last_conv(model)`)
-    "Grad-CAM heat-map `(H,W)` in [0,1] of `target` for input `x`, and the class explained."
+             layer:nn.Module=None, # Layer whose activations are weighted (default: `last_conv(model)`)
+             return_prob:bool=False): # Also return the softmax probability of `target` (same forward pass)
+    "Grad-CAM heat-map `(H,W)` in [0,1] of `target` for input `x`, and the class explained (and its probability)."
     layer = layer or last_conv(model)
     x = x[None] if x.ndim == 3 else x
     store = {}
@@ -207,7 +208,9 @@ def grad_cam(model:nn.Module, # A classifier returning logits
     cam = F.relu((g.mean((1, 2))[:, None, None] * a).sum(0))
     cam = F.interpolate(cam[None, None], size=x.shape[-2:], mode='bilinear', align_corners=False)[0, 0]
     cam = cam - cam.min()
-    return (cam / cam.max() if cam.max() > 0 else cam).cpu().numpy(), target
+    cam = (cam / cam.max() if cam.max() > 0 else cam).cpu().numpy()
+    if not return_prob: return cam, target
+    return cam, target, float(torch.softmax(out.detach().float(), 1)[0, target])
 
 # %% ../../nbs/41_interpret.classification.ipynb #1a8b4ffe
 def _show_img(x:torch.Tensor, dl):
@@ -233,8 +236,7 @@ def plot_gradcam(learn, # A trained learner
     for k,(b,ax) in enumerate(zip(dl, axs.flat)):
         x = b[0]
         t = None if targets is None else (vocab.index(targets[k]) if isinstance(targets[k], str) else int(targets[k]))
-        cam,t = grad_cam(learn.model, x, t, layer)
-        with torch.no_grad(): p = torch.softmax(learn.model.eval()(x), 1)[0, t].item()
+        cam,t,p = grad_cam(learn.model, x, t, layer, return_prob=True)   # one forward/backward per image
         cams.append(cam)
         ax.imshow(_show_img(x, dl), cmap='gray'); ax.imshow(cam, cmap='jet', alpha=alpha)
         ax.set_title(f"{Path(paths[k]).name[:18]}\n{vocab[t]} ({p:.2f})", fontsize=8); ax.axis('off')

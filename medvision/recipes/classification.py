@@ -7,6 +7,7 @@ Docs: https://medvision-dev.github.io/medvision/recipes.classification.html.md""
 # %% ../../nbs/52_recipes.classification.ipynb #fbd7cda0
 from __future__ import annotations
 import json, warnings
+from types import SimpleNamespace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -22,8 +23,8 @@ from ..interpret.classification import ClassPreds, get_preds, scores, plot_confu
 from .core import Recipe, register_recipe, input_keys, dls_classes
 
 # %% auto #0
-__all__ = ['EXTRA', 'LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss', 'build_metrics',
-           'evaluate_dl', 'predict_files', 'build_eval_dl']
+__all__ = ['EXTRA', 'CLS_LAYOUTS', 'RECIPES', 'read_items', 'build_dls', 'data_info', 'build_model', 'build_loss',
+           'build_metrics', 'evaluate_dl', 'build_test_dl', 'predict_files', 'submission_table', 'build_eval_dl']
 
 # %% ../../nbs/52_recipes.classification.ipynb #21f17720
 EXTRA = {
@@ -41,8 +42,6 @@ EXTRA = {
 }
 
 # %% ../../nbs/52_recipes.classification.ipynb #d8dc3c4d
-LAYOUTS = ('unifesp', 'chestct', 'mri')
-
 def _x(recipe, k, default=None): return recipe.extra.get(k, default)
 
 def _opener(recipe)->str:
@@ -57,12 +56,20 @@ def read_items(recipe:Recipe, data)->pd.DataFrame:
     if isinstance(data, pd.DataFrame): return data
     kw = dict(valid_pct=_x(recipe, 'valid_pct', 0.2), seed=recipe.seed, check=_x(recipe, 'check', True),
               skip_bad=_x(recipe, 'skip_bad', False))
-    if recipe.layout == 'unifesp': return read_unifesp(data, **kw)
-    if recipe.layout == 'chestct': return read_chestct(data, class_map=_x(recipe, 'class_map'), **kw)
-    if recipe.layout == 'mri':
-        return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw,
-                        **({'min_fg': _x(recipe, 'min_fg')} if _x(recipe, 'min_fg') is not None else {}))
-    raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; use one of {LAYOUTS}")
+    if recipe.layout not in CLS_LAYOUTS:
+        raise MedvisionError(f"recipe {recipe.name!r}: unknown classification layout {recipe.layout!r}; "
+                             f"use one of {list(CLS_LAYOUTS)}")
+    return CLS_LAYOUTS[recipe.layout](recipe, data, **kw)
+
+def _read_mri(recipe, data, **kw):
+    min_fg = _x(recipe, 'min_fg')
+    return read_mri(data, include_t1c=_x(recipe, 'include_t1c', False), **kw, **({'min_fg': min_fg} if min_fg is not None else {}))
+
+CLS_LAYOUTS = {   # classification layout → its item-table reader (recipe, data, **common options)
+    'unifesp': lambda recipe, data, **kw: read_unifesp(data, **kw),
+    'chestct': lambda recipe, data, **kw: read_chestct(data, class_map=_x(recipe, 'class_map'), **kw),
+    'mri': _read_mri,
+}
 
 # %% ../../nbs/52_recipes.classification.ipynb #cd6ab652
 def build_dls(recipe:Recipe, data):
@@ -140,9 +147,15 @@ def _info(learn, recipe):
     info.setdefault('multi_label', _x(recipe, 'multi_label', False)); info.setdefault('min_fg', _x(recipe, 'min_fg', 0.05))
     return info
 
+def build_test_dl(recipe:Recipe, dls, files, bs:int=16):
+    "The inference DataLoader of `files` with the model's preprocessing (what `predict` and Grad-CAM use)."
+    info = _info(SimpleNamespace(dls=dls), recipe)
+    return inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=bs,
+                        device=getattr(dls, 'device', None))
+
 def _probs(learn, files, info):
-    dl = inference_dl(files, info['opener'], info['size'], info['augs'], info['resize'], bs=16,
-                      device=getattr(learn.dls, 'device', None))
+    dl = build_test_dl(learn.mv_recipe, learn.dls, files) if hasattr(learn, 'mv_recipe') else inference_dl(
+        files, info['opener'], info['size'], info['augs'], info['resize'], bs=16, device=getattr(learn.dls, 'device', None))
     model = learn.model.eval(); out = []
     with torch.no_grad():
         for (xb,) in dl: out.append(model(xb).float().cpu())
@@ -187,6 +200,38 @@ def _row(pr, classes, info, thr):
     if info.get('multi_label'): r['classes'] = ';'.join(c for c,p in zip(classes, pr) if p >= thr) or r['class']
     r.update({f"prob_{c}": float(p) for c,p in zip(classes, pr)})
     return r
+
+# %% ../../nbs/52_recipes.classification.ipynb #3cbc179d
+def _sop_uid(path) -> str:
+    "SOPInstanceUID from the DICOM header, else the file name without extension and '-c'."
+    p = Path(path)
+    if file_role(p) == 'dicom' or p.suffix == '':
+        try:
+            import pydicom
+            uid = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=['SOPInstanceUID']).get('SOPInstanceUID')
+            if uid: return str(uid)
+        except Exception: pass
+    stem = p.name[:-len(p.suffix)] if p.suffix else p.name
+    return stem[:-2] if stem.endswith('-c') else stem
+
+def submission_table(pred:pd.DataFrame, # `predict`'s table: `path`, `prob_<class>` columns in class order
+                     classes, # The model's classes (their index is the Target id)
+                     threshold:float=None, # Ids with probability >= threshold (multi-label); None: the top class
+                     multi_label:bool=False): # Sigmoid outputs: default threshold 0.5
+    "UNIFESP's `SOPInstanceUID,Target` table (space-separated class ids) from a prediction table."
+    if 'error' in pred.columns and pred['error'].notna().any():
+        bad = pred[pred['error'].notna()]
+        raise MedvisionError(f"{len(bad)} input file(s) could not be predicted, first: {bad['path'].iloc[0]} ({bad['error'].iloc[0]}); "
+                             "a submission needs every test image")
+    cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in cols if c not in pred.columns]
+    if missing: raise MedvisionError(f"the prediction table lacks {missing[:3]}: not a classification prediction")
+    if threshold is None and multi_label: threshold = 0.5
+    p = pred[cols].to_numpy(dtype=float)
+    def ids(row):
+        sel = [i for i,v in enumerate(row) if threshold is not None and v >= threshold]
+        return ' '.join(map(str, sel or [int(row.argmax())]))
+    return pd.DataFrame({'SOPInstanceUID': [_sop_uid(f) for f in pred['path']], 'Target': [ids(r) for r in p]})
 
 # %% ../../nbs/52_recipes.classification.ipynb #b31cfeff
 def build_eval_dl(recipe:Recipe, data, split:str='valid'):

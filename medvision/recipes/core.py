@@ -219,6 +219,14 @@ class ModelDls(SimpleNamespace):
                          c=len(classes), device=device or default_device(), path=Path('.'), n_inp=1,
                          train=None, valid=None, loaders=[])
 
+    def test_dl(self, items, bs:int=16, **kwargs):
+        "A DataLoader of `items` with the saved model's preprocessing (fastai's `dls.test_dl`, without the data)."
+        recipe = Recipe.from_dict(self.meta['recipe'])
+        task = get_task(recipe.task)
+        if not callable(getattr(task, 'build_test_dl', None)):
+            raise MedvisionError(f"the {recipe.task} task has no `build_test_dl`: load the model with its data instead")
+        return task.build_test_dl(recipe, self, items, bs=bs)
+
 def dls_classes(dls) -> list:
     "The class names of `dls` (`classes`, `vocab` or `codes`, whichever it has)."
     for k in ('classes', 'vocab', 'codes'):
