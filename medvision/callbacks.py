@@ -19,7 +19,7 @@ from .core import MedvisionError, atomic_save, check_exists
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'state_dict_cpu', 'save_weights', 'load_tensors', 'check_state_dict', 'load_weights', 'rng_state',
            'set_rng_state', 'is_training_fit', 'to_plain', 'HistoryCallback', 'default_comp', 'SaveBestCallback',
-           'EarlyStopCallback', 'CheckpointCallback']
+           'EarlyStopCallback', 'check_finite_model', 'FiniteLossCallback', 'CheckpointCallback']
 
 # %% ../nbs/31_callbacks.ipynb #e6e6b3cd
 def state_dict_cpu(model) -> dict:
@@ -192,6 +192,7 @@ class SaveBestCallback(_Tracker):
     def after_epoch(self):
         if self._improved():
             self.best_epoch = _global_epoch(self.learn)
+            check_finite_model(self.learn.model, f"at epoch {self.best_epoch}")  # never save NaN weights as the best
             save_weights(self.learn.model, self.fname)
             print(f"Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best_value:.6g}.")
 
@@ -230,6 +231,25 @@ class EarlyStopCallback(_Tracker):
         self.best_value,self.wait,self.stopped_epoch = st['best_value'],st['wait'],st['stopped_epoch']
         self._keep = resume_fit  # keep this state through the next before_fit (a resumed fit)
 
+# %% ../nbs/31_callbacks.ipynb #c22807d7
+def check_finite_model(model, # The network (or a `Learner`'s model)
+                       when:str=''): # Where in training, for the message (e.g. 'at epoch 3')
+    "Raise a `MedvisionError` if any floating-point weight of `model` is NaN or infinite (such weights are never saved)."
+    bad = [k for k,v in get_model(model).state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise MedvisionError(f"training diverged{' ' + when if when else ''}: {len(bad)} weight tensor(s) are NaN/inf "
+                                 f"(e.g. {bad[0]}); no model was saved. Lower the learning rate (--lr) or check the data")
+
+class FiniteLossCallback(Callback):
+    "Stop a training fit with a `MedvisionError` naming the epoch and batch as soon as the training loss is NaN or infinite."
+    order = -5  # before any callback that could act on the step
+    def before_fit(self): self.run = is_training_fit(self.learn)
+    def after_loss(self):
+        if not self.training or bool(torch.isfinite(self.learn.loss_grad).all()): return
+        v = float(self.learn.loss_grad.detach().float().mean())
+        raise MedvisionError(f"the training loss became {v} at epoch {_global_epoch(self.learn)} (batch {self.iter}); "
+                             "training stopped before that step, so no NaN weights were saved. Lower the learning rate "
+                             "(--lr), or look for NaN/inf values or empty masks in the training data")
+
 # %% ../nbs/31_callbacks.ipynb #de96579b
 CHECKPOINT_FORMAT = 'medvision-checkpoint-2'  # 2: torch AdamW optimizer state (1: fastai's Adam)
 
@@ -241,7 +261,7 @@ def _opt_state(opt):
 class CheckpointCallback(Callback):
     "Write a resumable checkpoint to `fname` after every epoch and at the end of each fit; save on Ctrl-C."
     order = 65
-    def __init__(self, fname='checkpoint.pth'): self.fname,self.saved_epoch,self.batches = Path(fname),None,0
+    def __init__(self, fname='checkpoint.pth'): self.fname,self.saved_epoch,self.batches,self._pending = Path(fname),None,0,None
 
     def before_fit(self): self.run,self.batches = is_training_fit(self.learn),0
     def after_step(self): self.batches += 1  # weights changed since the last epoch boundary
@@ -256,27 +276,37 @@ class CheckpointCallback(Callback):
         return {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'phase': to_plain(ph), 'partial': partial,
                 'model': state_dict_cpu(learn.model), 'opt': _opt_state(learn.opt),
                 'frozen_idx': int(getattr(learn.opt, 'frozen_idx', 0) or 0),
-                'rng': rng_state(learn.dls), 'lrs': to_plain(dict(learn.mv_lrs)), 'history': to_plain(learn.mv_history),
+                'rng': rng_state(learn.dls), 'lrs': to_plain(dict(learn.mv_lrs)),
+                'history': to_plain([h for h in learn.mv_history if h['epoch'] < epoch]),  # completed epochs only
                 'callbacks': to_plain(cbs), 'scaler': scaler.state_dict() if scaler is not None else None,
-                'recorder': {'values': to_plain(r.values), 'lrs': to_plain(r.lrs), 'losses': to_plain(r.losses),
+                'recorder': {'values': to_plain(r.values[:max(int(epoch) - int(ph['offset']), 0)]), 'lrs': to_plain(r.lrs), 'losses': to_plain(r.losses),
                              'iters': to_plain(r.iters), 'smooth_count': int(r.smooth_loss.count),
                              'smooth_val': float(r.smooth_loss.val)}}
 
     def save(self, epoch:int, done:bool=False, partial:bool=False):
         "Write the checkpoint for `epoch` completed epochs atomically."
-        atomic_save(self.state(epoch, done, partial), self.fname)
+        self._pending = self.state(epoch, done, partial)  # kept until written: a Ctrl-C during the write writes it again
+        atomic_save(self._pending, self.fname)
         self.saved_epoch = self.learn._mv_ckpt_epoch = int(epoch)
+        self.batches,self._pending = 0,None
 
-    def after_epoch(self): self.save(_global_epoch(self.learn) + 1); self.batches = 0
+    def after_epoch(self): self.save(_global_epoch(self.learn) + 1)
     def after_fit(self):
         ph = getattr(self.learn, 'mv_phase', None) or {}
         self.save(int(ph.get('offset', 0)) + int(self.learn.n_epoch), done=True)
 
     def on_interrupt(self) -> str:
         "Called on Ctrl-C inside a training fit: make sure a resumable checkpoint exists; return a message."
+        if self._pending is not None:  # interrupted while writing an epoch-boundary checkpoint: finish that one
+            st = self._pending
+            atomic_save(st, self.fname)
+            self.saved_epoch = self.learn._mv_ckpt_epoch = int(st['epoch'])
+            self.batches,self._pending = 0,None
         done = _global_epoch(self.learn)  # epochs completed before the interrupted one
-        extra = ''
-        if getattr(self.learn, '_mv_ckpt_epoch', None) == done and self.fname.exists():
+        saved,extra = getattr(self.learn, '_mv_ckpt_epoch', None),''
+        if saved is not None and saved >= done and self.fname.exists():
+            # the checkpoint is at this epoch's start, or already past it (Ctrl-C after an epoch's or a fit's checkpoint)
+            done = saved
             if self.batches:
                 save_weights(self.learn.model, self.fname.parent/'interrupted.pth')
                 extra = f"; weights from the middle of epoch {done} are in {self.fname.parent/'interrupted.pth'}"

@@ -144,23 +144,26 @@ def predict_exported(model, # A pickled fastai `Learner.export()` file
     import numpy as np, pandas as pd
     from medvision.core import atomic_save_npy
     from medvision.learner import load_exported
+    from medvision.recipes.core import input_keys, unique_files
     learn = load_exported(model, trust_pickle=trust_pickle)
     vocab, rows = getattr(learn.dls, 'vocab', None), []
-    for f in files:
+    files = unique_files(files)
+    for f,key in zip(files, input_keys(files)):
         try:
             with warnings.catch_warnings(): warnings.simplefilter('ignore'); dec,idx,probs = learn.predict(f)
         except Exception as e:
-            raise MedvisionError(f"could not be predicted by the exported learner {model} ({type(e).__name__}: {e})", f) from None
+            rows.append({'file': str(f), 'input': key, 'error': f"not predicted by the exported learner ({type(e).__name__}: {e})"})
+            continue
         if probs.ndim == 1:   # one label (or a multi-label set) per image
             names = list(vocab) if vocab is not None and len(vocab) == len(probs) else list(range(len(probs)))
-            rows.append({'file': str(f), 'class': ';'.join(map(str, dec)) if isinstance(dec, (list, tuple)) else str(dec),
+            rows.append({'file': str(f), 'input': key, 'class': ';'.join(map(str, dec)) if isinstance(dec, (list, tuple)) else str(dec),
                          **{f"prob_{c}": round(float(p), 6) for c,p in zip(names, probs)}})
-        else:                 # a mask: save the index mask
-            o = Path(out or 'predictions'); o.mkdir(parents=True, exist_ok=True)
+        else:                 # a mask, named after the input's relative path (never shared by two inputs)
             mask = np.asarray(probs.argmax(0), dtype=np.uint8)
-            fn = atomic_save_npy(mask, o/f"{Path(f).name.split('.')[0]}_mask.npy")
-            rows.append({'file': str(f), 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
-    return pd.DataFrame(rows)
+            fn = atomic_save_npy(mask, Path(out or 'predictions')/f"{key}.mask.npy")
+            rows.append({'file': str(f), 'input': key, 'mask': str(fn), 'shape': 'x'.join(map(str, mask.shape))})
+    df = pd.DataFrame(rows)
+    return df[[c for c in df.columns if c != 'error'] + (['error'] if 'error' in df else [])]
 
 def predict_volume_inputs(model, inputs:list, out=None, formats=None, tta=False, lcc=False):
     "Volumes among `inputs` (NIfTI files, DICOM series folders) through a segmentation model folder: `(table|None, other inputs)`."
@@ -200,6 +203,9 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
                 tta:TTA_ARG=None, # Flip test-time augmentation (volumes: averaged with the left-right flipped slices)
                 lcc:bool=False): # Volumes: keep only the two largest connected lung regions
     "Predict with the trained `model`: a class table for classification, mask files (PNG and .npy) for segmentation; volumes → NIfTI/DICOM-SEG/PNG + volumes.csv."
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise MedvisionError("is a file; --out must be a folder (the predicted masks are written into it)", out)
+    if csv is not None and Path(csv).is_dir(): raise MedvisionError("is a folder; --csv must name a file, e.g. predictions.csv", csv)
     vdf,inputs = predict_volume_inputs(model, [inputs] if isinstance(inputs, (str, Path)) else inputs, out, format, bool(_tta(tta)), lcc)
     if not inputs:
         if csv is not None:
@@ -218,6 +224,7 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if csv is not None:
         from medvision.core import atomic_write
         atomic_write(csv, lambda t: df.to_csv(t, index=False))
+    _check_predicted(df)
     if submission is not None: _write_submission(df, model, submission, threshold)
     import pandas as pd
     with pd.option_context('display.max_rows', 50, 'display.width', 200):
@@ -225,6 +232,15 @@ def cli_predict(model:Annotated[Path, "Model folder written by `medvision train`
     if csv is not None: print(f"written to {csv}")
     if submission is not None: print(f"submission written to {submission}")
     return df
+
+def _check_predicted(df):
+    "Raise when no input was predicted (exit 1); with some failures print a summary line (their rows hold the `error`)."
+    err = df['error'].notna() if 'error' in df else None
+    if err is None or not err.any(): return
+    path = df['file' if 'file' in df else 'path']
+    if err.all():
+        raise MedvisionError(f"none of the {len(df)} input(s) could be predicted; first: {path[err].iloc[0]}: {df['error'][err].iloc[0]}")
+    print(f"medvision: warning: {int(err.sum())} of {len(df)} input(s) could not be predicted (see the 'error' column)", file=sys.stderr)
 
 # %% ../nbs/70_cli.ipynb #cb52ab15
 def cli_synth(layout:str, # Dataset layout, e.g. `covid-npy`, `unifesp-dicom` (see `medvision synth --help`)

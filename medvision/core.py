@@ -46,14 +46,24 @@ def seed_everything(seed:int=42, # The seed for Python, NumPy and torch
     return seed
 
 # %% ../nbs/00_core.ipynb #23b77e55
+def _umask() -> int:
+    "The process umask (read without changing it where /proc allows)."
+    try:
+        for l in Path('/proc/self/status').read_text().splitlines():
+            if l.startswith('Umask:'): return int(l.split()[1], 8)
+    except OSError: pass
+    old = os.umask(0o022); os.umask(old)
+    return old
+
 def atomic_write(path, # Target file
                  writer): # Called with the temporary path; must write the whole file there
-    "Write `path` atomically: `writer(tmp)` fills a temp file that then replaces `path`."
+    "Write `path` atomically: `writer(tmp)` fills a temp file that then replaces `path` (permissions: 0666 & ~umask)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd,tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # like a plainly created file (mkstemp's are 0600): one policy for every output
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)

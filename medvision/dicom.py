@@ -23,9 +23,10 @@ if all(importlib.util.find_spec(m) for m in ('kornia', 'skimage')):  # fastai.me
 else: from pydicom.dataset import Dataset as DcmDataset  # the very same class, without importing fastai.vision
 
 # %% auto #0
-__all__ = ['META_KEYS', 'PS315_EDITION', 'DEID_OPTIONS', 'PHI_TAGS', 'DEID_EXTRA', 'open_dicom', 'check_pixels', 'dicom_meta',
-           'read_dicom', 'dicom_from_array', 'read_dicom_lut', 'dicom_meta_df', 'deid_table', 'deid_action',
-           'profile_keeps', 'keyed_uid', 'burned_in_risk', 'anonymize_dataset', 'AnonymizeResult', 'anonymize']
+__all__ = ['MAX_PIXELS', 'META_KEYS', 'PS315_EDITION', 'DEID_OPTIONS', 'PHI_TAGS', 'DEID_EXTRA', 'open_dicom', 'max_pixels',
+           'check_pixels', 'dicom_meta', 'read_dicom', 'dicom_from_array', 'read_dicom_lut', 'dicom_meta_df',
+           'deid_table', 'deid_action', 'profile_keeps', 'keyed_uid', 'burned_in_risk', 'anonymize_dataset',
+           'AnonymizeResult', 'anonymize']
 
 # %% ../nbs/01_dicom.ipynb #ec993697
 def _err(fn, msg): return MedvisionError(msg, fn if fn is not None else '<dataset>')
@@ -106,6 +107,17 @@ def _ts(ds):
     ds.file_meta.TransferSyntaxUID = ts
     return ts
 
+MAX_PIXELS = 2**28  # 268 M pixels (a 1024-frame 512² CT), far above any real CT/CR/MR image
+
+def max_pixels() -> int:
+    "Largest Rows×Columns×frames×samples (counted as 16-bit pixels) a DICOM may declare: `$MEDVISION_MAX_PIXELS` or `MAX_PIXELS`."
+    v = os.environ.get('MEDVISION_MAX_PIXELS', '').strip()
+    if not v: return MAX_PIXELS
+    try: n = int(float(v))
+    except (ValueError, OverflowError): n = 0
+    if n < 1: raise MedvisionError(f"MEDVISION_MAX_PIXELS={v!r} must be a positive number of pixels, e.g. {2**30}")
+    return n
+
 @_guard
 def check_pixels(ds:DcmDataset):
     "Raise `MedvisionError` if `ds`'s pixel data cannot be decoded correctly; return its transfer syntax."
@@ -122,6 +134,11 @@ def check_pixels(ds:DcmDataset):
     ba, bs = int(ds.BitsAllocated), int(ds.get('BitsStored') or ds.BitsAllocated)
     if ba not in (1, 8, 16, 32, 64) or not 0 < bs <= ba:
         raise _err(fn, f"invalid BitsAllocated={ba} / BitsStored={bs} (BitsAllocated must be 1, 8, 16, 32 or 64, and BitsStored ≤ BitsAllocated)")
+    lim = max_pixels()
+    if r*c*nf*spp*max(ba, 8) > lim*16:  # before any decoding: a small compressed file can declare gigabytes
+        raise _err(fn, f"declares {nf} frame(s) of {r}×{c}×{spp} sample(s) at {ba} bits ({r*c*nf*spp*ba/8/2**30:.2f} GiB of pixels), "
+                       f"above the limit of {lim:,} 16-bit pixels: a corrupt or hostile header (if the image is real, raise "
+                       "the limit with the MEDVISION_MAX_PIXELS environment variable)")
     ts = _ts(ds)
     for pre, why in _NO_DECODER.items():
         if ts.startswith(pre): raise _err(fn, f"transfer syntax {ts.name} ({ts}) is not supported: {why}")
@@ -138,7 +155,6 @@ def check_pixels(ds:DcmDataset):
         try: nfrag = pydicom.encaps.parse_fragments(px)[0] - 1  # the first item is the Basic Offset Table
         except Exception as e: raise _err(fn, f"compressed pixel data is corrupt ({e})") from e
         if nf > nfrag: raise _err(fn, f"NumberOfFrames={nf} but the compressed pixel data holds only {nfrag} fragment(s): truncated file or corrupt header")
-        if r*c*spp*nf*max(int(ds.BitsAllocated),8)//8 > 2**34: raise _err(fn, f"implausible image size {nf}x{r}x{c}: corrupt header")
         return ts
     want = get_expected_length(ds, 'bytes')
     if len(px) < want:

@@ -245,6 +245,6 @@ def check_files(files, # Paths to check
         short = lambda r: r if len(r) <= 90 else r[:87] + '...'
         summary = (f"{len(bad)} of {len(files)} files unreadable: " + ", ".join(f"{_relname(f, root)} ({short(r)})" for f, r in bad[:5])
                    + (f", ... and {len(bad) - 5} more" if len(bad) > 5 else ""))
-        if not skip_bad: raise MedvisionError(summary + ". Fix or remove them, or pass skip_bad=True to leave them out.", root)
+        if not skip_bad: raise MedvisionError(summary + ". Fix or remove them (in Python, `check_files(..., skip_bad=True)` leaves them out).", root)
         warnings.warn(f"{root}: {summary}. Skipping them.")
     return good, bad

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from fastai.learner import Learner, CancelEpochException, mk_metric
 from fastai.optimizer import OptimWrapper, detuplify_pg, set_item_pg
-from fastai.callback.schedule import LRFinder  # also patches `fit_one_cycle` / `lr_find` onto Learner
+from fastai.callback.schedule import LRFinder, ParamScheduler, combined_cos  # also patches `fit_one_cycle` / `lr_find`
 from fastai.callback.fp16 import MixedPrecision
 from fastai.vision.learner import default_split
 from fastai.torch_core import trainable_params
@@ -22,7 +22,7 @@ from fastcore.foundation import L
 from .core import MedvisionError, check_exists, default_device
 from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_state, load_tensors,
                                  default_comp, HistoryCallback, SaveBestCallback, EarlyStopCallback,
-                                 CheckpointCallback, CHECKPOINT_FORMAT)
+                                 CheckpointCallback, FiniteLossCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
 __all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner', 'load_checkpoint',
@@ -52,6 +52,8 @@ class MedvisionLearner(Learner):
         return find_lr(self)
 
     def _do_fit(self):
+        mbar = getattr(getattr(self, 'progress', None), 'mbar', None)
+        if self._mv_start and mbar is not None: mbar.update(0)  # start fastprogress's clock (else epoch k > 0 crashes it)
         for epoch in range(self._mv_start, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
@@ -69,6 +71,15 @@ class MedvisionLearner(Learner):
         finally:
             self._mv_start,self._mv_fitting = 0,False
             if auto: self.mv_phase = None
+
+    def fit_flat_cos(self, n_epoch, lr=None, div_final=1e5, pct_start=0.75, wd=None, cbs=None, reset_opt=False,
+                     start_epoch=0):
+        "fastai's `fit_flat_cos` (flat `lr`, then cosine annealing), continuing at `start_epoch` (fastai's restarts at 0)."
+        if self.opt is None: self.create_opt()
+        self.opt.set_hyper('lr', self.lr if lr is None else lr)
+        lr = np.array([h['lr'] for h in self.opt.hypers])
+        scheds = {'lr': combined_cos(pct_start, lr, lr, lr/div_final)}
+        self.fit(n_epoch, cbs=ParamScheduler(scheds)+L(cbs), reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
 
     def _auto_phase(self, n_epoch):
         "The phase of a plain fit: the resumed one, else epochs numbered on from the history."
@@ -190,7 +201,7 @@ def make_learner(dls, # fastai `DataLoaders`
     if monitor not in names: raise MedvisionError(f"cannot monitor {monitor!r}: it is not recorded; choose one of {names}")
     comp = comp or default_comp(monitor)
     out = Path(out) if out is not None else None
-    mcbs = [HistoryCallback()]
+    mcbs = [HistoryCallback(), FiniteLossCallback()]
     if patience: mcbs.append(EarlyStopCallback(monitor, comp, patience, min_delta))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -223,6 +223,29 @@ def test_predict_segmentation(seg_run, tmp_path):
     assert len(pd.read_csv(tmp_path/'p.csv')) == 1
 
 
+def test_predict_segmentation_unique_names_and_bad_inputs(seg_run, tmp_path):
+    "Issue 17: masks are named after the input's relative path (no two inputs share one); NaN/Inf/complex inputs are error rows."
+    import pandas as pd
+    d, _ = seg_run
+    img = np.load(d/'data'/'test_images_medseg.npy')[0, ..., 0]
+    inp = tmp_path/'in'; (inp/'a').mkdir(parents=True); (inp/'b').mkdir()
+    good = {'a/scan.npy': img, 'b/scan.npy': img[::-1], '1.2.840.1.npy': img, '1.2.840.2.npy': img.T}
+    for k, a in good.items(): np.save(inp/k, np.ascontiguousarray(a))
+    for k, v in (('nan.npy', np.nan), ('inf.npy', np.inf)):
+        a = img.copy(); a[2, 2] = v; np.save(inp/k, a)
+    np.save(inp/'complex.npy', img.astype(np.complex64))
+    r = ok(mv('predict', '--model', d/'model', inp, '--out', tmp_path/'pred', '--csv', tmp_path/'p.csv'))
+    assert '3 of 7 input(s) could not be predicted' in r.stderr
+    df = pd.read_csv(tmp_path/'p.csv').set_index('input')
+    ok_rows = df[df['error'].isna()]
+    assert sorted(ok_rows.index) == sorted(good) and len(set(ok_rows['mask_npy'])) == 4
+    for k in good:   # each mask file traces back to its input and holds that input's prediction
+        assert Path(ok_rows.loc[k, 'mask_npy']) == tmp_path/'pred'/f"{k}.mask.npy" and np.load(ok_rows.loc[k, 'mask_npy']).shape == img.shape
+    assert 'NaN' in df.loc['nan.npy', 'error'] and 'Inf' in df.loc['inf.npy', 'error'] and 'complex' in df.loc['complex.npy', 'error']
+    fails(mv('predict', '--model', d/'model', inp/'nan.npy', inp/'inf.npy', '--out', tmp_path/'p2'), 'none of the 2 input(s)', 'nan.npy')
+    fails(mv('predict', '--model', d/'model', inp/'a'/'scan.npy', '--out', tmp_path/'p.csv'), 'is a file', '--out')
+
+
 def test_predict_segmentation_default_out(seg_run, tmp_path):
     "Without --out, segmentation masks go to ./predictions (a class table needs no folder)."
     d, _ = seg_run
@@ -311,6 +334,6 @@ def test_predict_fastai_export_needs_trust_pickle(tmp_path):
     r = ok(mv('predict', '--model', tmp_path/'export.pkl', img, '--trust-pickle', '--csv', tmp_path/'p.csv'))
     import pandas as pd
     df = pd.read_csv(tmp_path/'p.csv')
-    assert list(df.columns) == ['file', 'class', 'prob_bright', 'prob_dark'] and len(df) == 1
+    assert list(df.columns) == ['file', 'input', 'class', 'prob_bright', 'prob_dark'] and len(df) == 1 and df['input'][0] == '0.png'
     assert df['class'][0] in ('bright', 'dark') and abs(df.prob_bright[0] + df.prob_dark[0] - 1) < 1e-5
     assert not (tmp_path/'predictions').exists()

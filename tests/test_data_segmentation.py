@@ -78,6 +78,17 @@ def test_npy_source_reads_slices_and_index_masks(npy):
     assert len(src.test_items) == 3
 
 
+def test_nan_in_training_slices_names_file_and_slice(npy):
+    "Issue 17: a NaN/Inf pixel in training data stops with the file and the slice, not a nameless windowing error."
+    a = np.load(npy/'images_medseg.npy'); a[3, 5, 5, 0] = np.nan; a[4, 1, 1, 0] = np.inf
+    np.save(npy/'images_medseg.npy', a)
+    src = open_source(npy)
+    bad = [it for it in src.items if it.src == 'medseg' and it.idx in (3, 4)]
+    for it in bad:
+        with pytest.raises(MedvisionError, match=rf'images_medseg.npy: slice {it.idx}: 1 NaN/Inf pixel'): src.read_image(it)
+    assert src.read_image(src.items[0]).shape == (32, 32)
+
+
 def test_npy_slices_reads_without_mapping(tmp_path):
     a = np.random.default_rng(0).normal(size=(16, 64, 64)).astype(np.float32)
     np.save(tmp_path/'a.npy', a)

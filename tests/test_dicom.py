@@ -165,6 +165,33 @@ def test_enhanced_multiframe_per_frame_rescale(tmp_path):
     assert x.shape == (2, 4, 4) and (x[0] == -990).all() and (x[1] == 20).all()
 
 
+@pytest.mark.parametrize('rows,cols,frames,rle', [(20000, 20000, 1, True), (60000, 60000, 1, True), (512, 512, 4096, True),
+                                                   (20000, 20000, 1, False)])
+def test_memory_bombs_are_refused_before_decoding(tmp_path, monkeypatch, rows, cols, frames, rle):
+    "Issue 17.8: a tiny file declaring a huge image is refused from its header (RSS stays flat), compressed or not."
+    import resource
+    from pydicom.uid import RLELossless
+    ds = dicom_from_array(np.zeros((64, 64), np.uint16))
+    if rle: ds.compress(RLELossless)
+    ds.Rows, ds.Columns = rows, cols
+    if frames > 1: ds.NumberOfFrames = frames
+    ds.save_as(tmp_path/'bomb.dcm')
+    assert (tmp_path/'bomb.dcm').stat().st_size < 40_000
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MedvisionError, match=r'bomb.dcm: declares .* above the limit .*MEDVISION_MAX_PIXELS'):
+        read_dicom(tmp_path/'bomb.dcm')
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 50_000  # KiB: nothing was decoded
+
+
+def test_pixel_limit_from_the_environment(tmp_path, monkeypatch):
+    f = tmp_path/'ok.dcm'; dicom_from_array(np.zeros((64, 64), np.uint16), f)
+    assert read_dicom(f)[0].shape == (64, 64)
+    monkeypatch.setenv('MEDVISION_MAX_PIXELS', '1000')
+    with pytest.raises(MedvisionError, match='above the limit of 1,000'): read_dicom(f)
+    monkeypatch.setenv('MEDVISION_MAX_PIXELS', 'lots')
+    with pytest.raises(MedvisionError, match='MEDVISION_MAX_PIXELS'): read_dicom(f)
+
+
 def test_missing_decoder_names_the_package(monkeypatch):
     from pydicom.pixels.decoders.base import Decoder
     monkeypatch.setattr(Decoder, 'is_available', property(lambda self: self.is_native))

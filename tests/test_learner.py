@@ -277,3 +277,63 @@ def test_checkpoint_from_another_version_says_so(tmp_path):
         load_checkpoint(f)
     atomic_save({'weights': 1}, f)
     with pytest.raises(MedvisionError, match='is not a medvision training checkpoint'): load_checkpoint(f)
+
+
+def opt_state(learn):
+    "The optimiser's per-parameter state and hyper-parameters, as plain comparable values."
+    sd = learn.opt.state_dict()
+    return [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for s in sd['state']], sd['hypers']
+
+
+class RaiseLate(Callback):
+    "Ctrl-C that lands *after* the checkpoint was written: at the end of global epoch `at`, or in the `after_fit` of phase `fit`."
+    order = 70  # after CheckpointCallback (65)
+    def __init__(self, at=None, fit=None): self.at, self.fit = at, fit
+    def after_epoch(self):
+        if self.at is not None and self.epoch + (self.learn.mv_phase or {}).get('offset', 0) == self.at: raise KeyboardInterrupt
+    def after_fit(self):
+        if hasattr(self.learn, 'lr_finder') or self.fit is None: return
+        if (self.learn.mv_phase or {}).get('name') == self.fit: raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('schedule,at', [('one_cycle', 1), ('one_cycle', 3), ('flat_cos', 1), ('flat_cos', 2),
+                                         ('seed000', 1), ('seed000', 2), ('seed000', 3),
+                                         ('flat_cos', 'late 1'), ('seed000', 'late 0'), ('seed000', 'fit frozen')])
+def test_resume_exact_every_schedule(tmp_path, schedule, at):
+    "Issue 12.5: a resumed run's history, weights and optimiser state equal an uninterrupted run's, per schedule."
+    kw = dict(epochs=2 if schedule == 'seed000' else 4, lr=1e-2, freeze_epochs=2)
+    def run(out, cbs=None, res=False):
+        learn = build(out, cbs=cbs)
+        quiet_schedule(learn, schedule, start_epoch=resume(learn) if res else 0, load_best=False, **kw)
+        return learn
+    full = run(tmp_path / 'full')
+    if isinstance(at, int): stop = RaiseAt(at)
+    else: stop = RaiseLate(at=int(at.split()[1])) if at.startswith('late') else RaiseLate(fit=at.split()[1])
+    with pytest.raises(TrainingInterrupted): run(tmp_path / 'cut', stop)
+    learn = run(tmp_path / 'cut', res=True)
+    assert [r['epoch'] for r in learn.mv_history] == list(range(4))
+    assert hist(learn) == hist(full) and learn.mv_lrs == full.mv_lrs
+    assert same_weights(learn.model, full.model)
+    assert opt_state(learn) == opt_state(full)
+
+
+@pytest.mark.parametrize('when', ['after_rename', 'before_rename'])
+def test_ctrl_c_while_writing_the_first_checkpoint(tmp_path, monkeypatch, when):
+    "Ctrl-C that lands inside the first epoch-boundary checkpoint write (the CLI SIGINT race): the resume is still exact."
+    import medvision.callbacks as cbm
+    full = quiet_fit(build(tmp_path / 'full'), 3)
+    real, calls = cbm.atomic_save, []
+    def flaky(obj, path):
+        if Path(path).name == 'checkpoint.pth': calls.append(path)
+        if len(calls) == 1 and Path(path).name == 'checkpoint.pth':
+            if when == 'after_rename': real(obj, path)
+            raise KeyboardInterrupt
+        return real(obj, path)
+    monkeypatch.setattr(cbm, 'atomic_save', flaky)
+    with pytest.raises(TrainingInterrupted): quiet_fit(build(tmp_path / 'cut'), 3)
+    monkeypatch.setattr(cbm, 'atomic_save', real)
+    ck = load_checkpoint(tmp_path / 'cut' / 'checkpoint.pth')
+    assert ck['epoch'] == 1 and not ck['partial'] and [h['epoch'] for h in ck['history']] == [0]
+    learn = build(tmp_path / 'cut')
+    quiet_fit(learn, 3, start_epoch=resume(learn))
+    assert hist(learn) == hist(full) and same_weights(learn.model, full.model)

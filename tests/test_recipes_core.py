@@ -1,5 +1,5 @@
 "Tests for medvision.recipes.core: Recipe, registry, task adapters, train/evaluate/predict on a fake tiny task."
-import json
+import json, os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +19,7 @@ from medvision.learner import TrainingInterrupted
 from medvision.callbacks import load_weights
 import medvision.recipes.core as rc
 from medvision.recipes.core import (Recipe, register_recipe, get_recipe, list_recipes, register_task, get_task, train,
-                                    evaluate, predict, load_model_dir, ModelDls)
+                                    evaluate, predict, load_model_dir, ModelDls, input_keys, unique_files, run_lock)
 
 
 # ---------------------------------------------------------------- a fake tiny task
@@ -57,7 +57,9 @@ class Toy:
         body = nn.Sequential(nn.Conv2d(recipe.n_in, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return nn.Sequential(body, nn.Sequential(nn.Dropout(recipe.dropout or 0.), nn.Linear(6, len(dls.classes))))
     @staticmethod
-    def build_loss(recipe, dls): return CrossEntropyLossFlat()
+    def build_loss(recipe, dls):
+        if recipe.extra.get('nan_loss'): return lambda inp, targ: (inp * float('nan')).mean()
+        return CrossEntropyLossFlat()
     @staticmethod
     def build_metrics(recipe, dls): return [accuracy] + ([always_nan] if recipe.extra.get('nan') else [])
     @staticmethod
@@ -207,6 +209,18 @@ def test_interrupted_train_resumes_to_the_same_result(tmp_path, data):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_metrics_tell_the_truth_about_early_stopping_after_resume(tmp_path, data):
+    "Issue 17.2: an early-stopped, interrupted and resumed run reports each epoch once, epochs_run and stopped_early."
+    kw = dict(show_progress=False, epochs=6, monitor='always_nan', patience=2, extra={'nan': True})
+    full = train('toy-test', data, tmp_path / 'full', **kw)
+    with pytest.raises(TrainingInterrupted): train('toy-test', data, tmp_path / 'cut', cbs=[RaiseAt(1)], **kw)
+    res = train('toy-test', data, tmp_path / 'cut', resume=True, **kw)
+    for m in (full, res):
+        assert [r['epoch'] for r in m['history']] == [0, 1]
+        assert (m['epochs_run'], m['epochs_planned'], m['stopped_early'], m['stopped_epoch']) == (2, 6, True, 1)
+    assert res['resumed_from_epoch'] == 1 and json.loads((tmp_path / 'cut' / 'metrics.json').read_text())['epochs_run'] == 2
+
+
 def test_resume_errors(tmp_path, data):
     with pytest.raises(MedvisionError, match='nothing to resume'): train('toy-test', data, tmp_path / 'new', resume=True)
     with pytest.raises(TrainingInterrupted):
@@ -226,6 +240,45 @@ def test_fresh_train_refuses_an_old_run_unless_overwrite(tmp_path, data):
     assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
     m = train('toy-test', data, out, show_progress=False, epochs=2, overwrite=True)
     assert m['epochs_run'] == 2 and m['resumed_from_epoch'] is None
+
+
+def test_overwrite_builds_aside_and_keeps_the_old_run_on_failure(tmp_path, data):
+    "Issue 17.3: the new run is built in a temporary sibling; broken data or a NaN loss leave the old run untouched."
+    out = tmp_path / 'm'
+    train('toy-test', data, out, show_progress=False, epochs=1)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (tmp_path / 'broken').mkdir()
+    with pytest.raises(MedvisionError, match='no images.npy'): train('toy-test', tmp_path / 'broken', out, overwrite=True)
+    with pytest.raises(MedvisionError, match=r'training loss became nan at epoch 0 \(batch 0\)'):
+        train('toy-test', data, out, overwrite=True, show_progress=False, extra={'nan_loss': True})
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['broken', 'data', 'm']  # no temporary folder left behind
+    with pytest.raises(MedvisionError, match='training loss became nan'):
+        train('toy-test', data, tmp_path / 'fresh', show_progress=False, extra={'nan_loss': True})
+    assert not (tmp_path / 'fresh').exists()  # a failed fresh run leaves nothing (no NaN model)
+    with pytest.raises(MedvisionError, match='is a file'): train('toy-test', data, out / 'model.pth', show_progress=False)
+
+
+def test_run_lock(tmp_path, data):
+    "Issue 17.3: a second train into a locked folder fails at once; a lock of a dead process is taken over."
+    out = tmp_path / 'm'
+    with run_lock(out) as f:
+        assert f.exists() and str(os.getpid()) in f.read_text()
+        with pytest.raises(MedvisionError, match='another `medvision train`'): train('toy-test', data, out, show_progress=False)
+    assert not f.exists() and not out.exists()  # released; the folder it created for nothing is gone
+    out.mkdir(); (out / '.medvision-train.lock').write_text(f"{2**22 + 12345} {os.uname().nodename}\n")
+    assert train('toy-test', data, out, show_progress=False, epochs=1)['epochs_run'] == 1
+    assert not (out / '.medvision-train.lock').exists()
+
+
+def test_input_keys_never_collide(tmp_path):
+    names = ['1.2.840.1.dcm', '1.2.840.2.dcm', 'a/scan.dcm', 'b/scan.dcm', 'scan.dcm', 'scan.png', 'a/b/scan.dcm']
+    keys = input_keys([tmp_path / 'in' / n for n in names])
+    assert keys == names
+    assert input_keys([tmp_path / 'x' / 'one.dcm']) == ['one.dcm']
+    f = tmp_path / 'x' / 'one.dcm'
+    assert unique_files([f, tmp_path / 'x' / '..' / 'x' / 'one.dcm', tmp_path / 'two.dcm', f]) == [f, tmp_path / 'two.dcm']
+    with pytest.raises(MedvisionError, match='more than once'): input_keys([f, f])
 
 
 # ---------------------------------------------------------------- evaluate / predict

@@ -304,7 +304,7 @@ def _report(problems, what, path, skip_bad):
     if not problems: return
     shown = '; '.join(f"{i}: {r}" for i,r in problems[:5]) + (f"; ... ({len(problems)-5} more)" if len(problems) > 5 else '')
     msg = f"{len(problems)} bad {what}: {shown}"
-    if not skip_bad: raise MedvisionError(msg + ". Fix the CSV/files or pass skip_bad=True to drop them", path)
+    if not skip_bad: raise MedvisionError(msg + ". Fix or remove the CSV rows/files (in Python, the reader's `skip_bad=True` drops them)", path)
     warnings.warn(f"{path}: skipped {msg}")
 
 def _find_csv(path):

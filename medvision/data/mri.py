@@ -133,7 +133,7 @@ def find_volumes(root, include_t1c:bool=False, skip_bad:bool=False)->pd.DataFram
         rows.append((str(f), s, case, split or 'train'))
     if bad:
         msg = f"{len(bad)} NIfTI file(s) name no MRI sequence (t1/t1n, t2/t2w, flair/fla/t2f, t1c): " + ', '.join(b.name for b in bad[:5])
-        if not skip_bad: raise MedvisionError(msg + "; rename them or pass skip_bad=True", root)
+        if not skip_bad: raise MedvisionError(msg + "; rename them (in Python, `read_mri(..., skip_bad=True)` drops them)", root)
         warnings.warn(f"{root}: skipped {msg}")
     if not rows: raise MedvisionError("no NIfTI volumes (.nii/.nii.gz) named by sequence below this folder", root)
     df = pd.DataFrame(rows, columns=['path', 'label', 'case', 'split'])

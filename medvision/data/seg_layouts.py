@@ -140,10 +140,14 @@ class SegSource:
     def thumbs(self, items): return [slice_thumb(self.read_image(it)) for it in items]
 
 # %% ../../nbs/10a_data.seg_layouts.ipynb #d47fcc4c
-def _img2d(a, fn):
+def _img2d(a, fn, idx=None):
     a = np.asarray(a)
+    where = f"slice {idx}: " if idx is not None else ''
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
-    if a.ndim != 2: raise MedvisionError(f"expected a 2-D slice (H,W) or (H,W,1), got {a.shape}", fn)
+    if a.ndim != 2: raise MedvisionError(f"{where}expected a 2-D slice (H,W) or (H,W,1), got {a.shape}", fn)
+    if a.dtype.kind not in 'biuf': raise MedvisionError(f"{where}pixel type {a.dtype} is not a real number type", fn)
+    if a.dtype.kind == 'f' and not np.isfinite(a).all():
+        raise MedvisionError(f"{where}{int(np.count_nonzero(~np.isfinite(a)))} NaN/Inf pixel(s): fix or drop this slice", fn)
     return a.astype(np.float32, copy=False)
 
 def _check_pair(img:NpySlices, msk:NpySlices, n_cls:int):
@@ -183,7 +187,7 @@ class CovidNpy(SegSource):
             self.arrays['test'] = (NpySlices(p/'test_images_medseg.npy', mmap), None)
             self.test_items = [SegItem('test', i, f"test-{i:03d}", i, i+1) for i in range(len(self.arrays['test'][0]))]
 
-    def read_image(self, it): return _img2d(self.arrays[it.src][0][it.idx], self.arrays[it.src][0].fn)
+    def read_image(self, it): return _img2d(self.arrays[it.src][0][it.idx], self.arrays[it.src][0].fn, it.idx)
     def read_mask(self, it):
         arr = self.arrays[it.src][1]
         m = arr[it.idx]
@@ -251,7 +255,7 @@ class MedsegNifti(SegSource):
             vv = _nifti_cache(find('val_im'), self.cache_dir, np.float32); self.vols['test'] = (vv, None, None)
             self.test_items = [SegItem('test', i, f"test-{i:03d}", i, i+1) for i in range(len(vv))]
 
-    def read_image(self, it): return _img2d(self.vols[it.src][0][it.idx], self.vols[it.src][0].fn)
+    def read_image(self, it): return _img2d(self.vols[it.src][0][it.idx], self.vols[it.src][0].fn, it.idx)
     def read_mask(self, it):
         _,vm,vl = self.vols[it.src]
         m = vm[it.idx]

@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from sklearn import metrics as skm
-from ..core import MedvisionError
+from ..core import MedvisionError, atomic_write
 from ..metrics import classification_report_df, print_report, best_threshold, seg_confusion
 
 # %% auto #0
@@ -36,7 +36,7 @@ def save_show(fig, # A matplotlib figure
     try:
         if fn is not None:
             fn = Path(fn); fn.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(fn, dpi=dpi, bbox_inches='tight')
+            atomic_write(fn, lambda t: fig.savefig(t, dpi=dpi, bbox_inches='tight', format='png'))
         if show and _in_notebook():
             from IPython.display import display
             display(fig)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import (CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat, BCEWithLogitsLossFlat, accuracy,
                                accuracy_multi)
-from ..core import MedvisionError, atomic_write_text
+from ..core import MedvisionError, atomic_write, atomic_write_text
 from ..models import create_model, model_info
 from ..metrics import macro_f1, weighted_f1, multilabel_f1
 from ..data.classification import split_items, read_unifesp, read_chestct, classification_dls, inference_dl, OpenImage
@@ -22,7 +22,7 @@ from ..data.mri import read_mri, nifti_slices, vote_volumes
 from ..interpret.classification import ClassPreds, get_preds, scores, plot_confusion, most_confused
 from ..bootstrap import unit_codes, unit_confusions, bootstrap_ci, class_metrics
 from ..calibration import ece, plot_reliability
-from .core import Recipe, register_recipe, dls_classes
+from .core import Recipe, register_recipe, input_keys, dls_classes
 
 # %% auto #0
 __all__ = ['EXTRA', 'CLS_LAYOUTS', 'UNITS', 'RECIPES', 'FAITHFUL', 'read_items', 'build_dls', 'data_info', 'build_model',
@@ -195,7 +195,7 @@ def evaluate_dl(learn, dl, recipe:Recipe, out=None)->dict:
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(f"split: {split}\n\n" + s['report_text'], out/'report.txt')
-        s['report'].to_csv(out/'report.csv')
+        atomic_write(out/'report.csv', lambda t: s['report'].to_csv(t))
     return res
 
 
@@ -227,13 +227,15 @@ def _probs(learn, files, info):
     return (torch.sigmoid(logits) if info['multi_label'] else torch.softmax(logits, 1)).numpy()
 
 def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
-    "One row per image or volume: `path`, `class`, `prob_<class>` (+ `n_slices` and votes for volumes, `error` if unreadable)."
+    "One row per input: `path`, `input` (path below the inputs' common folder), `class`, `prob_<class>` (+ volume votes, `error`)."
     from medvision.io import check_files
     classes,info = dls_classes(learn.dls),_info(learn, recipe)
     files = [Path(f) for f in files]
+    keys = dict(zip(files, input_keys(files)))
     vols = [f for f in files if file_role(f) == 'volume']
-    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom') or f.suffix == '')]
-    rows = []
+    imgs = [f for f in files if f not in vols and (file_role(f) in ('image', 'dicom', 'array') or f.suffix == '')]
+    rows = [dict(path=str(f), error=f"unsupported file type '{f.suffix}' (images, DICOM, .npy or NIfTI)")
+            for f in files if f not in vols and f not in imgs]
     if imgs:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -251,9 +253,10 @@ def predict_files(learn, recipe:Recipe, files, out=None)->pd.DataFrame:
         rows.append(r)
     if not rows: raise MedvisionError(f"no image, DICOM or NIfTI files among the {len(files)} input file(s)")
     df = pd.DataFrame(rows)
-    cols = ['path', 'class'] + [c for c in df.columns if c not in ('path', 'class')]
+    df['input'] = [keys.get(Path(p), p) for p in df['path']]
+    cols = ['path', 'class', 'input'] + [c for c in df.columns if c not in ('path', 'input', 'class', 'error')] + ['error']
     df = df[[c for c in cols if c in df.columns]]
-    if out is not None: df.to_csv(Path(out)/'predictions.csv', index=False)
+    if out is not None: atomic_write(Path(out)/'predictions.csv', lambda t: df.to_csv(t, index=False))
     return df
 
 def _row(pr, classes, info, thr):

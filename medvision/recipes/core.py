@@ -6,7 +6,8 @@ Docs: https://medvision-dev.github.io/medvision/recipes.core.html.md"""
 
 # %% ../../nbs/50_recipes.core.ipynb #e7dccdf4
 from __future__ import annotations
-import copy, dataclasses, datetime, difflib, importlib, json, math, platform, time, warnings
+import copy, dataclasses, datetime, difflib, importlib, json, math, os, platform, shutil, socket, tempfile, time, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
-from ..callbacks import to_plain
+from ..callbacks import to_plain, check_finite_model
 from ..io import list_files
 from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, MaxSteps
 from functools import partial
@@ -26,7 +27,8 @@ from ..report import fmt_ci
 # %% auto #0
 __all__ = ['SAMPLERS', 'TASK_MODULES', 'ADAPTER_FUNCS', 'COMMON_EXTRA', 'Recipe', 'register_recipe', 'get_recipe', 'list_recipes',
            'register_task', 'get_task', 'ModelDls', 'dls_classes', 'data_info', 'check_extra', 'write_json',
-           'plot_history', 'train', 'read_model_meta', 'load_model_dir', 'evaluate', 'predict']
+           'plot_history', 'run_lock', 'train', 'read_model_meta', 'load_model_dir', 'evaluate', 'input_keys',
+           'unique_files', 'predict']
 
 # %% ../../nbs/50_recipes.core.ipynb #c8f41918
 SAMPLERS = (None, 'lesion', 'oversample', 'weighted')
@@ -73,8 +75,9 @@ class Recipe:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: bad(f"`{k}` must be an integer >= {lo}, got {v!r}")
         if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 0):
             bad(f"`patience` must be None or an integer >= 0, got {self.patience!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0): bad(f"`lr` must be None or > 0, got {self.lr!r}")
-        if not isinstance(self.wd, (int, float)) or self.wd < 0: bad(f"`wd` must be >= 0, got {self.wd!r}")
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if self.lr is not None and not (num(self.lr) and self.lr > 0): bad(f"`lr` must be None or a finite number > 0, got {self.lr!r}")
+        if not num(self.wd) or self.wd < 0: bad(f"`wd` must be a finite number >= 0, got {self.wd!r}")
         if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             bad(f"`dropout` must be None or in [0, 1), got {self.dropout!r}")
         for k in ('loss', 'extra'):
@@ -318,6 +321,63 @@ def plot_history(history:list, # `learn.mv_history` / `metrics.json['history']`
     if path is not None: atomic_write(path, lambda t: fig.savefig(t, format='png'))
     return fig
 
+# %% ../../nbs/50_recipes.core.ipynb #f777e019
+_LOCK = '.medvision-train.lock'
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # alive, another user's
+    except (OverflowError, ValueError): return False
+    return True
+
+@contextmanager
+def run_lock(out):
+    "Hold `out/.medvision-train.lock` for the block: a second `train` into `out` fails at once; a dead owner's lock is taken over."
+    out = Path(out); created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    f,me = out/_LOCK,f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try: fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try: pid,host = (f.read_text().split() + ['', ''])[:2]
+            except OSError: pid,host = '',''
+            alive = pid.isdigit() and (host != socket.gethostname() or _pid_alive(int(pid)))
+            if alive: raise MedvisionError(f"another `medvision train` (pid {pid} on {host}) is writing to this folder; wait for it "
+                                           f"to finish or use another --out (if no such run exists, delete {f})", out) from None
+            print(f"{out}: taking over a stale lock left by a process that no longer runs (pid {pid or '?'})")
+            f.unlink(missing_ok=True); continue
+        with os.fdopen(fd, 'w') as fh: fh.write(me + '\n')
+        break
+    else: raise MedvisionError(f"could not take the training lock {f}", out)
+    try: yield f
+    finally:
+        try:
+            if f.read_text().strip() == me: f.unlink()
+            if created and not any(out.iterdir()): out.rmdir()  # a run that wrote nothing leaves no empty folder
+        except OSError: pass
+
+# %% ../../nbs/50_recipes.core.ipynb #5286231e
+def _staging_dir(out:Path) -> Path:
+    "A fresh temporary folder next to `out` (inside it if the parent is not writable) where a new run is built."
+    for parent,name in ((out.parent, f".{out.name}.medvision-new-"), (out, '.medvision-new-')):
+        try: return Path(tempfile.mkdtemp(prefix=name, dir=parent))
+        except OSError: continue
+    raise MedvisionError("cannot create a temporary folder to build the new run in", out)
+
+def _commit_run(stage:Path, out:Path, replace:bool=False):
+    "Move the run built in `stage` into `out` (each entry replaced atomically); with `replace`, drop the old run's files."
+    trash = Path(tempfile.mkdtemp(prefix='.medvision-old-', dir=out))
+    try:
+        if replace:
+            for n in _RUN_FILES:
+                if (out/n).exists() and not (stage/n).exists(): os.replace(out/n, trash/n)
+        for p in sorted(stage.iterdir()):
+            if (out/p.name).is_dir() and not (out/p.name).is_symlink(): os.replace(out/p.name, trash/p.name)
+            os.replace(p, out/p.name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
+
 # %% ../../nbs/50_recipes.core.ipynb #3806fc2d
 _NO_RESUME_CHECK = ('description', 'reproduces')
 _RUN_FILES = ('checkpoint.pth', 'interrupted.pth', 'model.pth', 'metrics.json', 'loss.png')
@@ -348,28 +408,17 @@ def _summary(res:dict) -> str:
     return (f"{res['recipe']}: {res['epochs_run']} epoch(s){' (stopped early)' if res.get('stopped_early') else ''}, {best}; "
             f"final on {res['split']!r}: {fin_s or '(no scalar metrics)'}")
 
-def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
-          data, # The dataset (folder/file) the task's `build_dls` reads
-          out, # Output folder: model.pth, recipe.json, metrics.json, loss.png, checkpoint.pth
-          resume:bool=False, # Continue the interrupted run in `out` from its checkpoint
-          overwrite:bool=False, # Replace an earlier run already in `out` (otherwise that is an error: never lose work)
-          show_progress:bool=True, # fastai progress bar and epoch table
-          cbs=None, # Extra fastai callbacks
-          **overrides) -> dict: # Recipe fields to change (`epochs`, `size`, `bs`, `arch`, `pretrained`, `seed`, `lr`, ...); `None` values are ignored
-    "Train `recipe` on `data` into the model folder `out`; returns the metrics dict also written to `out/metrics.json`."
-    recipe = get_recipe(recipe).replace(**{k: v for k,v in overrides.items() if v is not None})
-    out = Path(out)
-    if resume: _check_resume(out, recipe)
+def _fit(learn, recipe, start, show_progress):
+    keep_last = recipe.extra.get('keep') == 'last'
+    kw = dict(lr=recipe.lr, freeze_epochs=recipe.freeze_epochs, start_epoch=start, fit_kw=recipe.extra.get('fit'),
+              lr_suggest=recipe.extra.get('lr_suggest', 'valley'), load_best=not keep_last)
+    if show_progress: fit_schedule(learn, recipe.schedule, recipe.epochs, **kw)
     else:
-        old = [n for n in _RUN_FILES if (out/n).exists()]
-        if old and not overwrite:
-            raise MedvisionError(f"already holds a run ({', '.join(old)}); continue it with resume=True (--resume), "
-                                 "replace it with overwrite=True (--overwrite), or train into another folder", out)
-        if old:
-            print(f"{out} held an earlier run ({', '.join(old)}): replacing it (overwrite=True)")
-            for n in old: (out/n).unlink()
-    task = get_task(recipe.task)
-    check_extra(recipe, task)
+        with learn.no_bar(), learn.no_logging(): fit_schedule(learn, recipe.schedule, recipe.epochs, **kw)
+    if keep_last: save_weights(learn.model, Path(learn.out)/'model.pth')   # the seed evaluates its final weights
+
+def _run(task, recipe, data, out:Path, resume, show_progress, cbs):
+    "Build data, model and learner, write recipe.json, train (resuming from `out`'s checkpoint), evaluate: `(metrics, learn)`."
     seed_everything(recipe.seed)
     dls = task.build_dls(recipe, data)
     info = data_info(task, recipe, dls)
@@ -384,34 +433,66 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
     write_json(meta, out/'recipe.json')
     start = resume_learner(learn, out) if resume else 0
     t0 = time.time()
-    keep_last = recipe.extra.get('keep') == 'last'
-    run = partial(fit_schedule, learn, recipe.schedule, recipe.epochs, lr=recipe.lr, freeze_epochs=recipe.freeze_epochs,
-                  start_epoch=start, fit_kw=recipe.extra.get('fit'), lr_suggest=recipe.extra.get('lr_suggest', 'valley'),
-                  load_best=not keep_last)
-    if show_progress: run()
-    else:
-        with learn.no_bar(), learn.no_logging(): run()
-    if keep_last: save_weights(learn.model, out/'model.pth')   # the seed evaluates its final weights
+    _fit(learn, recipe, start, show_progress)
     train_s = time.time() - t0
     if not (out/'model.pth').exists():  # `monitor` never improved (e.g. NaN): keep the last weights, say so
+        check_finite_model(learn.model, f"after {len(learn.mv_history)} epoch(s)")
         print(f"warning: {recipe.monitor} never improved; model.pth holds the last weights")
         save_weights(learn.model, out/'model.pth')
     if show_progress: final = task.evaluate_dl(learn, dls.valid, recipe, out)
     else:
         with learn.no_bar(): final = task.evaluate_dl(learn, dls.valid, recipe, out)
-    hist = learn.mv_history
-    sb = getattr(learn, 'save_best', None)
+    hist,sb,es = learn.mv_history,getattr(learn, 'save_best', None),getattr(learn, 'early_stop', None)
     planned = recipe.epochs + (recipe.freeze_epochs if recipe.schedule == 'seed000' else 0)
+    done = sorted({r['epoch'] for r in hist})
     cols = list(dict.fromkeys(k for r in hist for k in r))
     res = {'recipe': recipe.name, 'task': recipe.task, 'data': _data_str(data), 'split': info['split'],
            'classes': info.get('classes'), 'monitor': recipe.monitor,
            'best_epoch': sb.best_epoch if sb else None, 'best_value': sb.best_value if sb else None,
-           'epochs_planned': planned, 'epochs_run': len(hist), 'stopped_early': len(hist) < planned,
+           'epochs_planned': planned, 'epochs_run': len(done), 'stopped_early': len(done) < planned,
+           'stopped_epoch': es.stopped_epoch if es is not None and len(done) < planned else None,
            'resumed_from_epoch': start if resume else None, 'lrs': dict(learn.mv_lrs),
            'history_columns': cols, 'history': hist, 'final': final, 'train_time_s': round(train_s, 2)}
-    res = _json_safe(res)
-    write_json(res, out/'metrics.json')
-    if hist: plot_history(hist, out/'loss.png', recipe.monitor)
+    return _json_safe(res), learn
+
+def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
+          data, # The dataset (folder/file) the task's `build_dls` reads
+          out, # Output folder: model.pth, recipe.json, metrics.json, loss.png, checkpoint.pth
+          resume:bool=False, # Continue the interrupted run in `out` from its checkpoint
+          overwrite:bool=False, # Replace an earlier run already in `out` (otherwise that is an error: never lose work)
+          show_progress:bool=True, # fastai progress bar and epoch table
+          cbs=None, # Extra fastai callbacks
+          **overrides) -> dict: # Recipe fields to change (`epochs`, `size`, `bs`, `arch`, `pretrained`, `seed`, `lr`, ...); `None` values are ignored
+    "Train `recipe` on `data` into the model folder `out`; returns the metrics dict also written to `out/metrics.json`."
+    recipe = get_recipe(recipe).replace(**{k: v for k,v in overrides.items() if v is not None})
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise MedvisionError("is a file; the output must be a folder (it will hold model.pth, "
+                                                               "recipe.json, metrics.json, ...)", out)
+    task = get_task(recipe.task)
+    check_extra(recipe, task)
+    with run_lock(out):
+        old = [n for n in _RUN_FILES if (out/n).exists()]
+        if resume: _check_resume(out, recipe)
+        elif old and not overwrite:
+            raise MedvisionError(f"already holds a run ({', '.join(old)}); continue it with resume=True (--resume), "
+                                 "replace it with overwrite=True (--overwrite), or train into another folder", out)
+        work = out if resume else _staging_dir(out)  # a new run is built aside: the old one survives any failure
+        try:
+            res,learn = _run(task, recipe, data, work, resume, show_progress, cbs)
+            write_json(res, work/'metrics.json')
+            if res['history']: plot_history(res['history'], work/'loss.png', recipe.monitor)
+        except BaseException as e:
+            if work != out:
+                keep = (isinstance(e, KeyboardInterrupt) and (work/'checkpoint.pth').exists()
+                        and ((work/'model.pth').exists() or not old))  # never trade an old model for a run without one
+                if keep:  # resumable with --resume from `out`
+                    _commit_run(work, out, replace=True)
+                    print(f"The interrupted run is in {out}: continue it with `medvision train ... --out {out} --resume`")
+                else: shutil.rmtree(work, ignore_errors=True)
+            raise
+        if work != out:
+            if old: print(f"{out} held an earlier run ({', '.join(old)}): replaced it (overwrite=True)")
+            _commit_run(work, out, replace=True)
     print(_summary(res))
     print(f"wrote {out}/: model.pth, recipe.json, metrics.json, loss.png, checkpoint.pth")
     return res
@@ -512,6 +593,22 @@ def evaluate(model_dir, # Model folder written by `train`
     if out is not None: write_json(res, Path(out)/'metrics.json')
     return res
 
+def input_keys(files) -> list:
+    "Each file's path relative to the folder all `files` share (e.g. `a/scan.dcm`): unique output names that trace back to the input."
+    ps = [Path(os.path.abspath(f)) for f in files]
+    if not ps: return []
+    root = Path(os.path.commonpath([str(p.parent) for p in ps]))
+    keys = [p.relative_to(root).as_posix() for p in ps]
+    dup = [k for k in keys if keys.count(k) > 1]
+    if dup: raise MedvisionError(f"input {dup[0]!r} is given more than once")
+    return keys
+
+def unique_files(files) -> list:
+    "`files` as `Path`s, each file once (first occurrence kept)."
+    d = {}
+    for f in files: d.setdefault(os.path.abspath(f), Path(f))
+    return list(d.values())
+
 
 def predict(model_dir, # Model folder written by `train`
             inputs, # Files or folders (folders are searched recursively)
@@ -519,6 +616,6 @@ def predict(model_dir, # Model folder written by `train`
             tta=False) -> pd.DataFrame: # Flip test-time augmentation (True: the task's default flips)
     "Predict with a saved model (or a cv fold ensemble) on `inputs`; returns the adapter's table (one row per file)."
     recipe,learn = load_model_dir(model_dir, tta=tta)
-    files = list_files(inputs)
+    files = unique_files(list_files(inputs))
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True)
     return get_task(recipe.task).predict_files(learn, recipe, files, Path(out) if out is not None else None)

@@ -18,7 +18,7 @@ from ..intensity import Standardize, HUWindow
 from ..metrics import ForegroundDice, MeanIoU, DiceScore, BatchMeanDice
 from ..interpret.segmentation import predict_dl, seg_report, save_overlays
 from ..bootstrap import unit_codes, sum_by_unit, bootstrap_ci, seg_metrics, mean_ci
-from .core import Recipe, register_recipe
+from .core import Recipe, register_recipe, input_keys
 
 # %% auto #0
 __all__ = ['EXTRA', 'COVID_UNETPP_B2', 'COVID_UNETPP_B3', 'COVID_TINY', 'COVID_UNETPP_LITE0', 'SEED004_UNETPP_B3',
@@ -269,14 +269,15 @@ _8BIT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 def _read_slices(f:Path):
     "`(slices (N,H,W) float32, units, is_volume)` for one input file."
-    from medvision.io import read_image
+    from medvision.io import read_image, check_finite
     name = f.name.lower()
     if name.endswith('.npy'):
         s = NpySlices(f)
         a = np.stack([s[i] for i in range(len(s))]) if len(s.shape) >= 3 else np.load(f)[None]
         if a.ndim == 4 and a.shape[-1] == 1: a = a[..., 0]
         if a.ndim != 3: raise MedvisionError(f"expected slices (N,H,W[,1]) or one (H,W) slice, got {s.shape}", f)
-        return a.astype(np.float32), 'HU', False
+        if a.dtype.kind not in 'biuf': raise MedvisionError(f"unsupported array dtype {a.dtype} (need real numbers)", f)
+        return check_finite(a, f).astype(np.float32), 'HU', False
     a = np.asarray(read_image(f))
     if name.endswith(('.nii', '.nii.gz')):
         if a.ndim == 2: a = a[..., None]
@@ -313,7 +314,7 @@ def slice_probs(model, # The segmentation network (eval mode)
     return _predict_slices(model, x, info, next(model.parameters()).device, bs, probs=True)
 
 def predict_files(learn, recipe, files, out=None):
-    "One row per file (slices, pixel share per class, output paths); index masks as `.npy` + PNG into `out`."
+    "One row per file (`input`: its path below the inputs' common folder, slices, pixel share per class, mask paths, `error`); masks in `out`."
     from PIL import Image
     info = dict(getattr(learn.dls, 'info', None) or {})
     if not info and hasattr(learn.dls, 'source'): info = data_info(recipe, learn.dls)
@@ -323,25 +324,30 @@ def predict_files(learn, recipe, files, out=None):
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         atomic_write_text('\n'.join(classes) + '\n', out/'codes.txt')
+    files = [Path(f) for f in files]
     rows = []
-    for f in map(Path, files):
-        x,units,vol = _read_slices(f)
-        if units != info.get('units', 'HU'):
-            raise MedvisionError(f"the model was trained on {info.get('units','HU')} images (window {info['window']}) but this file is {units}: "
-                                 "convert it, or use a model trained on that kind of image", f)
+    for f,key in zip(files, input_keys(files)):
+        row = {'file': str(f), 'input': key}
+        try:
+            x,units,vol = _read_slices(f)
+            if units != info.get('units', 'HU'):
+                raise MedvisionError(f"the model was trained on {info.get('units','HU')} images (window {info['window']}) but this "
+                                     f"file is {units}: convert it, or use a model trained on that kind of image", f)
+        except MedvisionError as e: rows.append({**row, 'error': e.msg}); continue
         if vol or not info.get('context'): p = _predict_slices(model, x, info, dev, recipe.bs)
         else: p = np.concatenate([_predict_slices(model, x[j:j+1], info, dev, recipe.bs) for j in range(len(x))])  # independent slices
-        row = {'file': str(f), 'n_slices': len(p)}
+        row['n_slices'] = len(p)
         cnt = np.bincount(p.ravel(), minlength=len(classes))
         for i,c in enumerate(classes): row[f"frac_{c}"] = float(cnt[i]/p.size)
-        if out is not None:
-            stem = f.name.split('.')[0]
-            atomic_save_npy(p[0] if len(p) == 1 else p, out/f"{stem}.npy")
-            pngs = [out/(f"{stem}.png" if len(p) == 1 else f"{stem}_{j:03d}.png") for j in range(len(p))]
+        if out is not None:  # named after the input's relative path: `a/scan.dcm` → `a/scan.dcm.mask.npy`, never shared
+            stem = str(out/key) + '.mask'
+            npy = atomic_save_npy(p[0] if len(p) == 1 else p, stem + '.npy')
+            pngs = [Path(stem + ('.png' if len(p) == 1 else f"_{j:03d}.png")) for j in range(len(p))]
             for j,pf in enumerate(pngs): atomic_write(pf, lambda t: Image.fromarray(p[j]).save(t, format='PNG'))
-            row['mask_npy'],row['mask_png'] = str(out/f"{stem}.npy"),str(pngs[0] if len(pngs) == 1 else out/f"{stem}_*.png")
+            row['mask_npy'],row['mask_png'] = str(npy),str(pngs[0] if len(pngs) == 1 else stem + '_*.png')
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return df[[c for c in df.columns if c != 'error'] + (['error'] if 'error' in df else [])]
 
 # %% ../../nbs/51_recipes.segmentation.ipynb #a4e69454
 def build_eval_dl(recipe, # A segmentation `Recipe`
