@@ -12,7 +12,7 @@ from medvision.recipes.core import evaluate, load_model_dir
 from medvision.synth import synth
 from medvision.distributed import (dist_info, is_main_process, launch, launch_command, sync_metric_state, train_distributed)
 
-RUN_FILES = {'model.pth', 'recipe.json', 'metrics.json', 'loss.png', 'checkpoint.pth', 'per_class.csv', 'overlays'}
+RUN_FILES = {'model.pth', 'recipe.json', 'metrics.json', 'loss.png', 'checkpoint.pth', 'per_class.csv', 'per_volume.csv', 'overlays'}
 
 
 def test_two_cpu_processes_train_one_model(tmp_path):

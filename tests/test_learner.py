@@ -132,7 +132,7 @@ def test_load_exported_needs_trust(tmp_path):
 def test_make_learner_defaults(tmp_path):
     learn = build(tmp_path / 'run')
     assert isinstance(learn, MedvisionLearner)
-    assert learn.opt_func is AdamW and learn.wd == 1e-2
+    assert getattr(learn.opt_func, 'func', learn.opt_func) is AdamW and learn.wd == 1e-2
     learn.create_opt()
     assert learn.opt.opt.defaults['fused'] and [pg['weight_decay'] for pg in learn.opt.opt.param_groups] == [0.01, 0., 0.01, 0.]
     assert not any(type(cb).__name__ == 'MixedPrecision' for cb in learn.cbs)  # CPU: no AMP

@@ -8,10 +8,10 @@ from medvision.core import MedvisionError
 from medvision.models import create_model, list_models, model_info, register_model, _hub_reachable
 
 SEG = ['unet-effb2', 'unet-effb3', 'unet-efflite0', 'unet-resnet18', 'unet-resnet34', 'unetpp-effb2', 'unetpp-effb3',
-       'unetpp-efflite0', 'unetpp-resnet34']
+       'unetpp-efflite0', 'unetpp-resnet34', 'unetpp-timm-effb3']
 CLS = ['chestct-cnn', 'densenet121', 'efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3',
-       'inception_v3', 'mri-cnn', 'resnet18', 'resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1',
-       'tf_efficientnet_lite2']
+       'inception_v3', 'mri-cnn', 'resnet18', 'resnet50', 'seed002-cnn', 'seed003-cnn', 'tf_efficientnet_lite0',
+       'tf_efficientnet_lite1', 'tf_efficientnet_lite2', 'tv-inception3', 'tv-resnet50']
 
 
 def test_registry_lists():
