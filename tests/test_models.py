@@ -69,7 +69,7 @@ def test_segmentation_dropout():
     assert not any(isinstance(o, nn.Dropout2d) for o in create_model('unet-resnet18').segmentation_head)
 
 
-@pytest.mark.parametrize('name', CLS)
+@pytest.mark.parametrize('name', [n for n in CLS if not n.startswith('tv-')])
 @pytest.mark.parametrize('n_in', [1, 3])
 def test_classification_shapes(name, n_in):
     m = create_model(name, n_in=n_in, n_out=5).eval()
@@ -79,6 +79,15 @@ def test_classification_shapes(name, n_in):
     assert isinstance(m, nn.Sequential) and len(m) == 2          # fastai-style (body, head)
     groups = model_info(name)['splitter'](m)
     assert len(groups) == 2 and sum(len(g) for g in groups) == len(list(m.parameters()))
+
+
+@pytest.mark.parametrize('name', [n for n in CLS if n.startswith('tv-')])
+def test_torchvision_seed_networks_give_one_logit_per_class(name):
+    "The seed-003 torchvision networks keep torchvision's own layout (their freeze regime names its blocks)."
+    m = create_model(name, n_in=3, n_out=5).eval()
+    size = max(model_info(name)['min_size'], 75)
+    with torch.no_grad(): y = m(torch.randn(2, 3, size, size))
+    assert (y[0] if isinstance(y, tuple) else y).shape == (2, 5)
 
 
 def test_timm_head_dropout():
