@@ -13,7 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['SEG_CLASSES', 'SEG_FG', 'LESION_CLASSES', 'BODY_PARTS', 'CHESTCT_CLASSES', 'MRI_CLASSES', 'MedvisionError',
            'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'cache_dir',
-           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device', 'orient_array']
+           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device', 'loader_kw',
+           'orient_array']
 
 # %% ../nbs/00_core.ipynb #6b41c347
 class MedvisionError(ValueError):
@@ -158,6 +159,19 @@ def default_device():
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #2999960a
+def loader_kw(num_workers:int|None=None, # DataLoader worker processes; None: this machine's default
+              device=None) -> dict: # Where batches go (default `default_device()`)
+    "DataLoader settings for this machine: workers and pinned memory."
+    import torch
+    dev = torch.device(device) if device is not None else default_device()
+    cuda = dev.type == 'cuda'
+    if num_workers is None:  # a GPU waits for data unless every core decodes; a CPU trains with them
+        num_workers = min(16, os.cpu_count() or 1) if cuda else 0
+    kw = dict(num_workers=int(num_workers))
+    if cuda: kw['pin_memory'] = True  # page-locked batches: asynchronous host → GPU copies
+    return kw
 
 # %% ../nbs/00_core.ipynb #40f405c1
 def orient_array(a, # Array `(I,J,K[,...])` whose voxel → RAS mm map is `affine`

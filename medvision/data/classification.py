@@ -14,7 +14,7 @@ from fastai.vision.all import (DataBlock, TransformBlock, CategoryBlock, MultiCa
     Transform, ResizeMethod, PadMode, Flip, Rotate, Brightness, Contrast, Zoom, AffineCoordTfm, IntToFloatTensor)
 from fastai.vision.augment import _draw_mask, affine_mat
 from fastcore.basics import partial
-from ..core import MedvisionError, BODY_PARTS, CHESTCT_CLASSES, seed_everything
+from ..core import MedvisionError, BODY_PARTS, CHESTCT_CLASSES, seed_everything, loader_kw
 from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
@@ -231,7 +231,7 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
                        balance:str|None=None, # None, 'oversample' (RandomOverSampler) or 'weighted' (WeightedDL)
                        seed:int=0, # Seed for the oversampler and the shuffling
                        normalize:bool|tuple=True, # Append `Normalize` (ImageNet stats for 3 channels, 0.5/0.25 for 1; or `(mean, std)`)
-                       num_workers:int|None=0, # DataLoader workers (None: fastai's default)
+                       num_workers:int|None=None, # DataLoader workers (None: `loader_kw`'s default for this machine)
                        device=None, # Device of the batches (default: fastai's)
                        **kwargs): # Passed to `DataBlock.dataloaders`
     "fastai `DataLoaders` for the train/valid rows of item table `df`."
@@ -254,8 +254,7 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
     dblock = DataBlock(blocks=(TransformBlock(type_tfms=op, batch_tfms=IntToFloatTensor), yblock),
                        get_x=ColReader('path'), get_y=get_y, splitter=ColSplitter('is_valid'),
                        item_tfms=item_tfms, batch_tfms=batch_tfms)
-    kw = dict(bs=bs, num_workers=num_workers, **kwargs)
-    if num_workers is None: kw.pop('num_workers')
+    kw = dict(bs=bs, **loader_kw(num_workers, device), **kwargs)
     if device is not None: kw['device'] = device
     if balance == 'weighted':   # fastai indexes the weights of all rows with the training split's indices
         w = np.ones(len(tbl)); w[(tbl['split'] == 'train').values] = sample_weights(tbl)

@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn.functional as F
 from fastai.vision.all import (Transform, TensorImage, TensorMask, Datasets, DataLoaders, aug_transforms,
                                PadMode, show_image)
 from fastai.callback.data import WeightedDL
-from ..core import MedvisionError
+from ..core import MedvisionError, loader_kw
 from ..intensity import HUWindow, Standardize
 from .seg_layouts import SegItem, SegSource, open_source, detect_layout, SEG_LAYOUTS
 
@@ -242,7 +242,7 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
                     context:int=0, # 2.5D: neighbours each side stacked as channels (in-volume only)
                     n_stats:int=32, # Training slices used for the mean/std
                     stats=None, # Fixed `(mean, std)` (e.g. a trained model's) instead of computing them
-                    num_workers:int=0, # DataLoader workers
+                    num_workers:int=None, # DataLoader workers (None: `loader_kw`'s default for this machine)
                     cache_mb:float=None, # `ItemCache` budget in MiB (default 1024 with `num_workers=0`, else none); 0: off
                     device=None, # Where batches go (default: fastai's default device)
                     check:bool=True, # Check every file up front (PNG layouts)
@@ -259,7 +259,8 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
     if getattr(norm, 'order', 0) < 90: norm.order = 99
     aug = seg_augs() if augs is True else list(augs or [])
     bs = max(1, min(bs, len(tr)))
-    kw = dict(bs=bs, after_item=[ResizeSeg(size), *(item_augs or [])], after_batch=[*aug, norm, AsCT()], num_workers=num_workers, device=device, **kwargs)
+    kw = dict(bs=bs, after_item=[ResizeSeg(size), *(item_augs or [])], after_batch=[*aug, norm, AsCT()], device=device,
+              **loader_kw(num_workers, device), **kwargs)
     if weights is not None: dls = dsets.weighted_dataloaders(np.asarray(weights, dtype=float), **kw)
     elif lesion_weight: dls = dsets.weighted_dataloaders(lesion_weights(src, [items[i] for i in tr], lesion_weight), **kw)
     else: dls = dsets.dataloaders(**kw)
@@ -268,7 +269,7 @@ def seg_dataloaders(path, # Dataset folder (or an opened `SegSource`)
     dls.train_items,dls.valid_items = [items[i] for i in tr],[items[i] for i in va]
     dls.lesion_weight = lesion_weight
     for dl in dls.loaders: dl.split_name,dl.classes,dl.n_fg = name,dls.classes,dls.n_fg
-    if cache_mb is None: cache_mb = 0 if num_workers or item_augs else 1024
+    if cache_mb is None: cache_mb = 0 if kw['num_workers'] or item_augs else 1024
     if cache_mb:
         cache = ItemCache(cache_mb)
         for dl in dls.loaders: cache.attach(dl)

@@ -41,7 +41,7 @@ EXTRA = {
     'class_map': (dict, "Folder name → class for class-folder layouts"),
     'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
     'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
-    'num_workers': (int, "DataLoader worker processes (default 0)"),
+    'num_workers': (int, "DataLoader worker processes (default: every core up to 16 on CUDA, 0 on the CPU)"),
     'stats': (str, "'model': normalise with the pretrained model's (mean, std) (default: ImageNet for 3 channels, 0.5/0.25 for 1)"),
     'split_by': (str, "UNIFESP: 'image' splits at random by image (seed 000's fastai RandomSplitter; default: by study)"),
 }
@@ -95,7 +95,7 @@ def build_dls(recipe:Recipe, data):
     df = read_items(recipe, data)
     dls = classification_dls(df, opener=_opener(recipe), multi_label=_x(recipe, 'multi_label', False), size=recipe.size,
                              bs=recipe.bs, aug=recipe.augs or 'none', resize=_x(recipe, 'resize', 'crop'),
-                             balance=recipe.sampler, seed=recipe.seed, num_workers=_x(recipe, 'num_workers', 0),
+                             balance=recipe.sampler, seed=recipe.seed, num_workers=_x(recipe, 'num_workers', None),
                              normalize=_norm(recipe))
     return dls
 
@@ -308,7 +308,7 @@ def build_eval_dl(recipe:Recipe, data, split:str='valid'):
     tbl.attrs.update(df.attrs)
     dls = classification_dls(tbl, opener=_opener(recipe), multi_label=_x(recipe, 'multi_label', False), size=recipe.size,
                              bs=recipe.bs, aug='none' if recipe.augs is None else recipe.augs, resize=_x(recipe, 'resize', 'crop'),
-                             seed=recipe.seed, num_workers=_x(recipe, 'num_workers', 0), normalize=_norm(recipe))
+                             seed=recipe.seed, num_workers=_x(recipe, 'num_workers', None), normalize=_norm(recipe))
     dl = dls.valid
     dl.classes = dls.classes
     dl.split_name = f"{split} ({df.attrs.get('split_name')})" if split != 'valid' else df.attrs.get('split_name')

@@ -31,7 +31,7 @@ EXTRA = {
     'valid_pct': (float, "Validation share for the `random`/`grouped` splits (default 0.2)"),
     'lesion_weight': (float, "Sampling weight of slices with lesion when `sampler='lesion'` (default 3)"),
     'n_overlays': (int, "Overlay PNGs written by `evaluate` (default 8)"),
-    'num_workers': (int, "DataLoader worker processes (default: up to 8 on CUDA, 0 on the CPU)"),
+    'num_workers': (int, "DataLoader worker processes (default: every core up to 16 on CUDA, 0 on the CPU)"),
     'source_kw': (dict, "Keyword arguments for the layout's source, e.g. `{'boundaries': [...]}`"),
     'stats': ((list, tuple, str), "Normalisation (mean, std) in [0, 1] window units, or 'all' (every slice, seed 004; default: training slices)"),
     'sources': (list, "Keep only slices of these sources, e.g. ['medseg'] (seed 004)"),
@@ -142,12 +142,10 @@ def build_dls(recipe, # A segmentation `Recipe`
     "`seg_dataloaders` for `data` with the recipe's size, batch size, split, sampler, 2.5D context and augmentations."
     ex = recipe.extra or {}
     if recipe.sampler not in (None, 'lesion'): raise MedvisionError(f"recipe {recipe.name!r}: sampler={recipe.sampler!r}; segmentation knows None or 'lesion'")
-    cuda = torch.cuda.is_available()
-    nw = ex.get('num_workers', min(8, os.cpu_count() or 1) if cuda else 0)
     augs,item_augs = seg_preset(recipe)
     src = _source(recipe, data)
     kw = dict(layout=recipe.layout, size=recipe.size, bs=recipe.bs, split=recipe.split, valid_pct=ex.get('valid_pct', 0.2),
-              seed=recipe.seed, augs=augs, item_augs=item_augs, context=_context(recipe), num_workers=nw,
+              seed=recipe.seed, augs=augs, item_augs=item_augs, context=_context(recipe), num_workers=ex.get('num_workers'),
               lesion_weight=ex.get('lesion_weight', 3.0) if recipe.sampler == 'lesion' else None, stats=ex.get('stats'))
     if kw['stats'] == 'all':  # seed 004: mean/std of every slice (validation included), after the HU clip
         st = Standardize.from_items(src.items, reader=src.read_image, n=len(src.items), tfms=[HUWindow(*src.window)])
