@@ -9,6 +9,7 @@ from .core import *
 from .dicom import *
 from .intensity import *
 from .io import *
+from .data.cache import *
 from .volumes import *
 from .data.seg_layouts import *
 from .data.segmentation import *

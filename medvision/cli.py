@@ -17,7 +17,7 @@ from .script import UsageError, command_parser, recipe_overrides, run_command, t
 # %% auto #0
 __all__ = ['TTA_ARG', 'INFO_COLS', 'COMMANDS', 'load_recipes', 'check_model_dir', 'hint', 'input_files', 'cli_recipes',
            'cli_demo', 'cli_train', 'cli_evaluate', 'cli_cv', 'predict_exported', 'predict_volume_inputs',
-           'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'main']
+           'cli_predict', 'cli_synth', 'cli_dicom_info', 'cli_anonymize', 'cli_weights', 'cli_cache', 'main']
 
 # %% ../nbs/70_cli.ipynb #3417d603
 def load_recipes():
@@ -356,6 +356,24 @@ def cli_weights(action:Annotated[str, "list, export or import", {'choices': ['li
 
 # %% ../nbs/70_cli.ipynb #5133b938
 COMMANDS['weights'] = cli_weights
+
+# %% ../nbs/70_cli.ipynb #8d520718
+def cli_cache(action:Annotated[str, "info or clear", {'choices': ['info', 'clear']}],
+              kind:str=None): # clear: only this kind (`images`, `mri-slices`, `medseg-volumes`)
+    "Show or empty the private cache of decoded images, MRI slices and converted volumes (`$MEDVISION_CACHE`)."
+    from medvision.core import cache_dir
+    from medvision.data.cache import cache_info, cache_clear
+    root = cache_dir()
+    if action == 'info':
+        t = cache_info(root)
+        print(md_table(t) if len(t) else '(no entries)')
+        print(f"\n{root}: {t['mb'].sum():.1f} MB in {len(t)} entries")
+        return t
+    freed = cache_clear(kind, root)
+    print(f"freed {freed/2**20:.1f} MB from {root/kind if kind else root}")
+    return freed
+
+COMMANDS['cache'] = cli_cache
 
 # %% ../nbs/70_cli.ipynb #03f0a29c
 def _usage() -> str:

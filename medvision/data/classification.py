@@ -15,13 +15,14 @@ from fastai.vision.all import (DataBlock, TransformBlock, CategoryBlock, MultiCa
 from fastai.vision.augment import _draw_mask, affine_mat
 from fastcore.basics import partial
 from ..core import MedvisionError, BODY_PARTS, CHESTCT_CLASSES, seed_everything, loader_kw
+from .cache import ImageCache
 from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
 __all__ = ['AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items', 'oversample',
            'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset', 'TorchvisionTfm',
-           'keras_affine_mat', 'faithful_preset', 'classification_dls', 'parse_target', 'read_unifesp', 'chestct_class',
-           'split_folders', 'read_class_folders', 'read_chestct', 'inference_dl']
+           'keras_affine_mat', 'faithful_preset', 'CachedOpen', 'image_cache', 'classification_dls', 'parse_target',
+           'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct', 'inference_dl']
 
 # %% ../../nbs/11_data.classification.ipynb #a452c00d
 def finish_items(df:pd.DataFrame, classes, layout:str, split_name:str=None):
@@ -219,6 +220,27 @@ def faithful_preset(name, size, item, n_channels=1, normalize=True):
     else: raise MedvisionError(f"unknown augmentation preset {name!r}; valid: {', '.join(AUG_PRESETS)}")
     return item, batch
 
+# %% ../../nbs/11_data.classification.ipynb #a307cfbf
+class CachedOpen:
+    "`OpenImage`'s result read from an `ImageCache` (decoded, windowed and shrunk once) instead of the file."
+    def __init__(self, op:OpenImage, # The opener whose output the cache holds
+                 cache:ImageCache): # The dataset's cache (built with `op.array`)
+        self.op,self.cache = op,cache
+    @property
+    def n_channels(self): return self.op.n_channels
+    def __repr__(self): return f"CachedOpen({self.op!r}, {self.cache.size} px)"
+    def __call__(self, fn):
+        x = self.cache[fn]
+        return PILImageBW.create(x) if self.op.mode == 'gray' else PILImage.create(np.ascontiguousarray(x))
+
+def image_cache(op:OpenImage, # The opener
+                fns, # The dataset's files
+                size:int, # Longest side stored
+                num_workers:int=None) -> ImageCache: # Build processes (default: every core)
+    "The sealed `ImageCache` of `op` over `fns` (built, or finished, first)."
+    params = dict(opener=repr(op), window=op.window)
+    return ImageCache(fns, op.array, size, op.n_channels, params).open(num_workers)
+
 # %% ../../nbs/11_data.classification.ipynb #c947bef7
 def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`, `group`, `split`)
                        classes=None, # Class names in index order (default: `df.attrs['classes']`)
@@ -233,6 +255,8 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
                        normalize:bool|tuple=True, # Append `Normalize` (ImageNet stats for 3 channels, 0.5/0.25 for 1; or `(mean, std)`)
                        num_workers:int|None=None, # DataLoader workers (None: `loader_kw`'s default for this machine)
                        device=None, # Device of the batches (default: fastai's)
+                       cache:bool=False, # Decode/window each file once into a memory-mapped `ImageCache`
+                       cache_size:int=None, # Longest side the cache stores (default `2 * size`)
                        **kwargs): # Passed to `DataBlock.dataloaders`
     "fastai `DataLoaders` for the train/valid rows of item table `df`."
     classes = list(classes if classes is not None else df.attrs.get('classes') or sorted(df['label'].unique()))
@@ -251,7 +275,8 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
     item_tfms,batch_tfms = aug_preset(aug, size, resize=resize, n_channels=op.n_channels, normalize=normalize)
     yblock = MultiCategoryBlock(vocab=classes) if multi_label else CategoryBlock(vocab=classes)
     get_y = ColReader('labels', label_delim=';') if multi_label else ColReader('label')
-    dblock = DataBlock(blocks=(TransformBlock(type_tfms=op, batch_tfms=IntToFloatTensor), yblock),
+    tfm = CachedOpen(op, image_cache(op, items['path'], cache_size or 2*size)) if cache else op
+    dblock = DataBlock(blocks=(TransformBlock(type_tfms=tfm, batch_tfms=IntToFloatTensor), yblock),
                        get_x=ColReader('path'), get_y=get_y, splitter=ColSplitter('is_valid'),
                        item_tfms=item_tfms, batch_tfms=batch_tfms)
     kw = dict(bs=bs, **loader_kw(num_workers, device), **kwargs)

@@ -42,6 +42,8 @@ EXTRA = {
     'include_t1c': (bool, "MRI: keep post-contrast T1 as a fourth class (default False: excluded)"),
     'min_fg': (float, "MRI: skip slices with less than this share of brain (default 0.05)"),
     'num_workers': (int, "DataLoader worker processes (default: every core up to 16 on CUDA, 0 on the CPU)"),
+    'cache': (bool, "decode and window each file once into a memory-mapped cache (`medvision cache info`)"),
+    'cache_size': (int, "longest side the cache stores (default 2 × size)"),
     'stats': (str, "'model': normalise with the pretrained model's (mean, std) (default: ImageNet for 3 channels, 0.5/0.25 for 1)"),
     'split_by': (str, "UNIFESP: 'image' splits at random by image (seed 000's fastai RandomSplitter; default: by study)"),
 }
@@ -96,7 +98,8 @@ def build_dls(recipe:Recipe, data):
     dls = classification_dls(df, opener=_opener(recipe), multi_label=_x(recipe, 'multi_label', False), size=recipe.size,
                              bs=recipe.bs, aug=recipe.augs or 'none', resize=_x(recipe, 'resize', 'crop'),
                              balance=recipe.sampler, seed=recipe.seed, num_workers=_x(recipe, 'num_workers', None),
-                             normalize=_norm(recipe))
+                             normalize=_norm(recipe), cache=_x(recipe, 'cache', False),
+                             cache_size=_x(recipe, 'cache_size', None))
     return dls
 
 def data_info(recipe:Recipe, dls)->dict:
