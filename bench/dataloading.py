@@ -12,6 +12,7 @@ a training step spent waiting for data.
   wait = time from the end of one step to the arrival of the next batch; fraction = wait / step, warm cache.
 - covid: COVID PNG slices (512 px, the covid-png layout) through `covid-unetpp-b3`'s loaders at 384 px: `today` =
   first epoch, `warm` = second epoch (segmentation's in-memory `ItemCache`; no persistent cache for slices yet).
+- workers: the same wait measurement with 0 (the CPU default) and 2 DataLoader worker processes, today and warm.
 - peak_rss_gb: peak resident memory of this process (its build processes not counted: they hold one chunk each).
 
     python bench/dataloading.py            # writes bench/results/dataloading.json
@@ -85,6 +86,13 @@ def bodypart(data: Path, bs: int, workers: int) -> dict:
     out['warm_speedup'] = round(out['warm']['images_per_s'] / out['today']['images_per_s'], 1)
     out['data_wait_frac'], out['data_wait'] = data_wait(dls)
     out['today_data_wait_frac'], _ = data_wait(task.build_dls(rec, data), steps=3)
+    out['workers'] = {}   # the CPU default (0 workers) against 2 worker processes, each path, same network
+    for nw in (0, 2):
+        for name, r in (('today', rec), ('warm', rc)):
+            r = r.replace(extra={**r.extra, 'num_workers': nw})
+            frac, w = data_wait(task.build_dls(r, data), steps=3 if name == 'today' else 6)
+            out['workers'][f'{name}_nw{nw}'] = dict(data_wait_frac=frac, step_s=w['step_s'], wait_s=w['wait_s'])
+            print('workers', name, nw, out['workers'][f'{name}_nw{nw}'], flush=True)
     out['settings'] = dict(recipe=rec.name, size=rec.size, bs=bs, file_shape=[4000, 3500], workers_build=workers,
                            num_workers=dls.train.fake_l.num_workers, sampler=rec.sampler, augs=rec.augs)
     return out

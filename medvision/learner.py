@@ -262,7 +262,8 @@ FREEZE_REGIMES = ('head', 'head+last', 'all')
 
 def freeze_regime(learn, # A learner whose splitter gives the layer groups
                   regime:str='head', # One of `FREEZE_REGIMES`
-                  train_bn:bool=None): # Keep norm layers of frozen groups training (default: the learner's `train_bn`)
+                  train_bn:bool=None, # Keep norm layers of frozen groups training (default: the learner's `train_bn`)
+                  keep_state:bool=False): # Keep the optimiser state (a resumed phase); fastai's `freeze_to` clears it
     "Set which layer groups train: only the head, the head and the last block, or all."
     if regime not in FREEZE_REGIMES: raise MedvisionError(f"unknown freeze regime {regime!r}; choose one of {list(FREEZE_REGIMES)}")
     if learn.opt is None: learn.create_opt()
@@ -270,8 +271,9 @@ def freeze_regime(learn, # A learner whose splitter gives the layer groups
     if regime == 'head+last' and n < 3:
         raise MedvisionError(f"'head+last' needs at least 3 layer groups (body, last block, head); this model has {n}")
     if train_bn is not None: learn.train_bn = train_bn
-    if regime == 'all': learn.unfreeze()
-    else: learn.freeze_to(-1 if regime == 'head' else -2)
+    target = learn.opt if keep_state else learn   # the Optimizer's own methods keep its state
+    if regime == 'all': target.freeze_to(0)
+    else: target.freeze_to(-1 if regime == 'head' else -2)
     if not learn.train_bn:
         for o in learn.opt.all_params(slice(None, learn.opt.frozen_idx)): o[0].requires_grad_(False)
     return learn
@@ -305,7 +307,7 @@ def _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find)
              [('head', 'head', freeze_epochs, 0), ('head+last', 'head+last', epochs, freeze_epochs)]
     for name,regime,n,off in phases:
         if not n or start_epoch >= off + n: continue
-        if regime: freeze_regime(learn, regime, train_bn=False)
+        if regime: freeze_regime(learn, regime, train_bn=False, keep_state=start_epoch > off)   # resumed mid-phase
         lrs[name] = lr if lr is not None else lrs.get(name) or find(learn)
         _fit_phase(learn, name, n, lrs[name], off, start_epoch - off, 'fit')
 

@@ -79,3 +79,19 @@ def shared_data():
             pytest.skip(f"real data '{name or 'shared/data'}' not found: put it in ../shared/data or set MEDVISION_SHARED_DATA")
         return p
     return get
+
+
+@pytest.fixture(scope='session')
+def ct_vols(tmp_path_factory):
+    """One synthetic patient (32×32×12, 0.7×0.7×2.5 mm, offset origin) as NIfTI and as a DICOM series, normal and
+    flipped: `{'nii'|'dcm'[-flipped]: (source, mask .nii.gz)}`."""
+    from medvision.synth import synth
+    d = tmp_path_factory.mktemp('ct-vols')
+    res = {}
+    for flip in (False, True):
+        f = '-flipped' if flip else ''
+        n = synth('ct-volume-nifti', d/f'nii{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
+        s = synth('ct-volume-dicom', d/f'dcm{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
+        res[f'nii{f}'] = (n/'vol_0.nii.gz', n/'vol_0_mask.nii.gz')
+        res[f'dcm{f}'] = (s/'series_0', s/'series_0_mask.nii.gz')
+    return res

@@ -12,6 +12,7 @@ from fastai.data.transforms import ItemGetter
 from fastai.learner import Metric
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.torch_core import params
 
 from medvision.core import MedvisionError, seed_everything, atomic_save
 from medvision.callbacks import save_weights, load_weights, CHECKPOINT_FORMAT
@@ -298,12 +299,17 @@ class RaiseLate(Callback):
 
 @pytest.mark.parametrize('schedule,at', [('one_cycle', 1), ('one_cycle', 3), ('flat_cos', 1), ('flat_cos', 2),
                                          ('seed000', 1), ('seed000', 2), ('seed000', 3),
-                                         ('flat_cos', 'late 1'), ('seed000', 'late 0'), ('seed000', 'fit frozen')])
+                                         ('flat_cos', 'late 1'), ('seed000', 'late 0'), ('seed000', 'fit frozen'),
+                                         ('constant', 1), ('constant', 3), ('constant', 'late 2'),
+                                         ('seed003', 1), ('seed003', 2), ('seed003', 3), ('seed003', 'late 1'),
+                                         ('seed003', 'fit head+last')])
 def test_resume_exact_every_schedule(tmp_path, schedule, at):
     "Issue 12.5: a resumed run's history, weights and optimiser state equal an uninterrupted run's, per schedule."
-    kw = dict(epochs=2 if schedule == 'seed000' else 4, lr=1e-2, freeze_epochs=2)
+    kw = dict(epochs=2 if schedule in ('seed000', 'seed003') else 4, lr=1e-2, freeze_epochs=2)
+    # seed003 trains the head, then head + last block: three layer groups (first conv, rest of the body, head)
+    split = (lambda m: [params(m[0][:1]), params(m[0][1:]), params(m[1])]) if schedule == 'seed003' else None
     def run(out, cbs=None, res=False):
-        learn = build(out, cbs=cbs)
+        learn = build(out, cbs=cbs, splitter=split)
         quiet_schedule(learn, schedule, start_epoch=resume(learn) if res else 0, load_best=False, **kw)
         return learn
     full = run(tmp_path / 'full')

@@ -2,7 +2,6 @@
 from pathlib import Path
 import numpy as np, nibabel as nib, pytest, torch
 from medvision.core import MedvisionError, SEG_CLASSES, orient_array
-from medvision.synth import synth
 from medvision.volumes import load_volume, volume_table
 from medvision.recipes.volumes import HUBands, predict_volume, keep_largest, check_formats, predict_volume_files
 
@@ -23,16 +22,9 @@ class MeanOracle(HUBands):
 
 
 @pytest.fixture(scope='module')
-def vols(tmp_path_factory):
-    d = tmp_path_factory.mktemp('pv')
-    res = {}
-    for flip in (False, True):
-        f = '-flipped' if flip else ''
-        n = synth('ct-volume-nifti', d/f'nii{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
-        s = synth('ct-volume-dicom', d/f'dcm{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
-        res[f'nii{f}'] = (n/'vol_0.nii.gz', np.asarray(nib.load(n/'vol_0_mask.nii.gz').dataobj))
-        res[f'dcm{f}'] = (s/'series_0', np.asarray(nib.load(s/'series_0_mask.nii.gz').dataobj))
-    return res
+def vols(ct_vols):
+    "The conftest's synthetic patient with each mask as an array: `{name: (source, mask)}`."
+    return {k: (src, np.asarray(nib.load(m).dataobj)) for k,(src,m) in ct_vols.items()}
 
 
 def _right_half(vol):

@@ -3,25 +3,16 @@ import shutil
 from pathlib import Path
 import numpy as np, nibabel as nib, pytest
 from medvision.core import MedvisionError, SEG_CLASSES, orient_array
-from medvision.synth import synth
 from medvision.volumes import (Volume, load_volume, read_npy_volume, axcodes_affine, find_volumes, write_label_nifti,
                                write_dicom_seg, volume_table)
 
 VOXEL_ML = 0.7*0.7*2.5/1000
 
 
-@pytest.fixture(scope='module')
-def vols(tmp_path_factory):
-    "The same synthetic patient (32×32×12, 0.7×0.7×2.5 mm, offset origin) as NIfTI and DICOM, normal and flipped."
-    d = tmp_path_factory.mktemp('vols')
-    res = {}
-    for flip in (False, True):
-        f = '-flipped' if flip else ''
-        n = synth('ct-volume-nifti', d/f'nii{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
-        s = synth('ct-volume-dicom', d/f'dcm{f}', n=1, size=32, depth=12, noise=0, flipped=flip)
-        res[f'nii{f}'] = (n/'vol_0.nii.gz', n/'vol_0_mask.nii.gz')
-        res[f'dcm{f}'] = (s/'series_0', s/'series_0_mask.nii.gz')
-    return res
+@pytest.fixture
+def vols(ct_vols):
+    "The conftest's synthetic patient: `{name: (source, mask file)}`."
+    return ct_vols
 
 
 def test_geometry(vols):
