@@ -25,9 +25,9 @@ from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_st
                                  CheckpointCallback, FiniteLossCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
-__all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner', 'load_checkpoint',
-           'resume', 'freeze_regime', 'MaxSteps', 'find_lr', 'fit_schedule', 'load_exported', 'save_weights',
-           'load_weights']
+__all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'SCHEDULE_ALIASES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner',
+           'load_checkpoint', 'resume', 'freeze_regime', 'MaxSteps', 'find_lr', 'fit_schedule', 'load_exported',
+           'save_weights', 'load_weights']
 
 # %% ../nbs/30_learner.ipynb #427536e3
 _all_ = ['save_weights', 'load_weights']
@@ -301,7 +301,7 @@ class MaxSteps(Callback):
 
 # %% ../nbs/30_learner.ipynb #36c2af11
 def _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find):
-    "'constant': one phase at a fixed rate; 'seed003': head only for `freeze_epochs`, then head + last block."
+    "'constant': one phase at a fixed rate; 'head_then_last': head only for `freeze_epochs`, then head + last block."
     lrs = learn.mv_lrs
     phases = [('constant', None, epochs, 0)] if schedule == 'constant' else \
              [('head', 'head', freeze_epochs, 0), ('head+last', 'head+last', epochs, freeze_epochs)]
@@ -312,7 +312,8 @@ def _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find)
         _fit_phase(learn, name, n, lrs[name], off, start_epoch - off, 'fit')
 
 # %% ../nbs/30_learner.ipynb #4cc0674b
-SCHEDULES = ('one_cycle', 'flat_cos', 'seed000', 'constant', 'seed003')
+SCHEDULES = ('one_cycle', 'flat_cos', 'fine_tune', 'constant', 'head_then_last')
+SCHEDULE_ALIASES = {'seed000': 'fine_tune', 'seed003': 'head_then_last'}   # earlier names (older recipe.json files)
 
 def find_lr(learn, show_plot:bool=False,
             suggest:str='valley') -> float: # fastai suggestion: 'valley', 'minimum' (seed 000: "el mínimo de pérdida"), 'steep', 'slide'
@@ -332,19 +333,20 @@ def _fit_phase(learn, name, n_epoch, lr, offset, start, fit='fit_one_cycle', **k
     finally: learn.mv_phase = None
 
 def fit_schedule(learn:MedvisionLearner,
-                 schedule:str='one_cycle', # 'one_cycle', 'flat_cos' or 'seed000'
-                 epochs:int=10, # Epochs (for 'seed000': of the unfrozen phase)
+                 schedule:str='one_cycle', # A name in `SCHEDULES`
+                 epochs:int=10, # Epochs (for 'fine_tune': of the unfrozen phase)
                  lr:float=None, # Learning rate; `None` runs `lr_find`
-                 freeze_epochs:int=3, # 'seed000': epochs with the body frozen
+                 freeze_epochs:int=3, # 'fine_tune' / 'head_then_last': epochs of the first (frozen) phase
                  start_epoch:int=0, # Epochs already done (from `resume`)
                  load_best:bool=True, # Load the best saved weights at the end
                  fit_kw:dict=None, # 'one_cycle': `div`, `div_final`, `pct_start`, `moms` (e.g. torch's `OneCycleLR` defaults)
                  lr_suggest:str='valley'): # Which `lr_find` suggestion `lr=None` uses
     "Train `learn` with the named `schedule`, continuing after `start_epoch` done epochs."
+    schedule = SCHEDULE_ALIASES.get(schedule, schedule)
     if schedule not in SCHEDULES: raise MedvisionError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
     lrs,sb = learn.mv_lrs,getattr(learn, 'save_best', None)
     find_lr_ = (lambda l: l.suggest_lr()) if lr_suggest == 'valley' else partial(find_lr, suggest=lr_suggest)
-    if schedule in ('constant', 'seed003'): _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find_lr_)
+    if schedule in ('constant', 'head_then_last'): _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find_lr_)
     elif schedule in ('one_cycle', 'flat_cos'):
         if start_epoch < epochs:
             lrs[schedule] = lr if lr is not None else lrs.get(schedule) or find_lr_(learn)

@@ -45,7 +45,7 @@ def chest(tmp_path_factory):
     from medvision.recipes.core import get_recipe
     base = get_recipe(RECIPE).replace(epochs=3)
     recipes = {'flat_cos': RECIPE, 'one_cycle': base.replace(name='cc-one-cycle', schedule='one_cycle'),
-               'seed000': base.replace(name='cc-seed000', schedule='seed000', freeze_epochs=1, epochs=2)}
+               'seed000': base.replace(name='cc-seed000', schedule='fine_tune', freeze_epochs=1, epochs=2)}
     for k, r in recipes.items():
         if not isinstance(r, str): r.to_json(d/f'{k}.json'); recipes[k] = d/f'{k}.json'
     return d, recipes

@@ -43,7 +43,7 @@ def test_chestct_synth_layout(tmp_path):
     assert set(df.split) == {'train', 'valid', 'test'} and sorted(df.label.unique()) == CHESTCT_CLASSES
     # test/ uses the short names, train/ the long ones: both land on the same classes
     assert set(df[df.split == 'test'].label) == set(df[df.split == 'train'].label)
-    dls = classification_dls(df, opener='gray', size=32, bs=4, aug='seed003', resize='pad')
+    dls = classification_dls(df, opener='gray', size=32, bs=4, aug='ct-light', resize='pad')
     xb, yb = dls.one_batch()
     assert xb.shape == (4, 1, 32, 32) and dls.vocab == CHESTCT_CLASSES and 'official' in dls.split_name
 
@@ -184,15 +184,15 @@ def test_split_is_seeded_and_grouped():
 
 def test_aug_presets():
     names = lambda ts: [type(t).__name__ for t in ts]
-    item, batch = aug_preset('seed000', 224)
+    item, batch = aug_preset('radiograph', 224)
     assert names(item) == ['Resize', 'RandomResizedCrop'] and item[1].min_scale == 0.6 and item[1].size == (224, 224)
     # fastai merges aug_transforms' affine parts (dihedral flip, rotate, zoom + the warp) and lighting parts into one each
     assert names(batch) == ['Dihedral', 'Brightness', 'Normalize']
     assert len(batch[0].aff_fs) == 3 and len(batch[0].coord_fs) == 1 and len(batch[1].fs) == 2
-    assert names(aug_preset('seed002', 64, n_channels=1)[1]) == ['Flip', 'Shear', 'Zoom', 'GaussianNoise', 'Normalize']
-    b3 = aug_preset('seed003', 64)[1]
+    assert names(aug_preset('mri-light', 64, n_channels=1)[1]) == ['Flip', 'Shear', 'Zoom', 'GaussianNoise', 'Normalize']
+    b3 = aug_preset('ct-light', 64)[1]
     assert names(b3) == ['Flip', 'Rotate', 'Brightness', 'Contrast', 'Normalize']
-    with pytest.raises(MedvisionError, match='seed000'): aug_preset('heavy', 64)
+    with pytest.raises(MedvisionError, match='radiograph'): aug_preset('heavy', 64)
 
 
 def test_gaussian_noise_leaves_labels():
@@ -274,3 +274,21 @@ def test_mri_real(shared_data, tmp_path):
     assert sorted(df.label.unique()) == MRI_CLASSES and df.group.nunique() == 3
     assert not set(df.group[df.split == 'train']) & set(df.group[df.split == 'valid'])
     assert df.groupby('volume').size().between(60, 155).all()
+
+
+def test_colour_dicom_is_decoded_once(tmp_path, monkeypatch):
+    "Issue 11: `OpenImage` used to decode a colour DICOM up to three times (percentile path, then again as colour)."
+    import medvision.dicom as md
+    from medvision.data.classification import OpenImage
+    from medvision.dicom import dicom_from_array
+    rgb = (np.arange(40*30*3) % 256).astype(np.uint8).reshape(40, 30, 3)
+    f = dicom_from_array(rgb, tmp_path/'c.dcm', modality='XC') and tmp_path/'c.dcm'
+    calls = []
+    real = md._pixels   # every pixel decode of `read_dicom` goes through it
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(md, '_pixels', counting)
+    x = OpenImage('xray').array(f)
+    assert x.shape == (40, 30, 3) and np.array_equal(x, rgb)
+    assert len(calls) <= 1, f"decoded {len(calls)} times"

@@ -10,7 +10,7 @@ from medvision.core import MedvisionError, SEG_CLASSES, LESION_CLASSES
 from medvision.data.seg_layouts import (SegItem, onehot_to_index, NpySlices, infer_boundaries, slice_thumb, volume_items,
                                         detect_layout, open_source, CovidNpy, CovidPng, PngMasks, MedsegNifti,
                                         COVID_PNG_BOUNDARIES)
-from medvision.data.segmentation import (seg_split, split_seed001, split_grouped, split_blocks, ReadSlice, ReadMask,
+from medvision.data.segmentation import (seg_split, split_first_medseg, split_grouped, split_blocks, ReadSlice, ReadMask,
                                          ResizeSeg, TensorCT, seg_augs, lesion_weights, seg_dataloaders)
 
 
@@ -221,19 +221,20 @@ def test_infer_boundaries_and_volume_items():
 def test_splits_never_mix_volumes(npy, seed):
     src = open_source(npy)
     vol = lambda ix: {src.items[i].vol for i in ix}
-    for split in ['grouped', 'blocks', 'seed001']:
+    for split in ['grouped', 'blocks', 'first-medseg']:
         tr, va, name = seg_split(src.items, split, valid_pct=0.3, seed=seed)
         assert name == split and tr and va
         assert not vol(tr) & vol(va)
         assert sorted(tr + va) == list(range(len(src)))
-    tr, va, _ = seg_split(src.items, 'seed001')
+    tr, va, _ = seg_split(src.items, 'first-medseg')
     assert [src.items[i].idx for i in va] == list(range(24)) and all(src.items[i].src == 'medseg' for i in va)
     assert all(src.items[i].src == 'radiopedia' or src.items[i].idx >= 24 for i in tr)
+    assert seg_split(src.items, 'seed001') == (tr, va, 'first-medseg')   # the earlier name still works
 
 
 def test_split_errors_and_blocks_tail(tmp_path):
     src = open_source(write_covid_png(tmp_path/'p', n=20), boundaries=[])
-    with pytest.raises(MedvisionError, match="'seed001' split needs MedSeg"): seg_split(src.items, 'seed001')
+    with pytest.raises(MedvisionError, match="'first-medseg' split needs MedSeg"): seg_split(src.items, 'first-medseg')
     tr, va, name = seg_split(src.items, 'blocks', valid_pct=0.25, gap=2)   # one volume: a tail block with a gap
     assert va == list(range(15, 20)) and tr == list(range(0, 13))
     tr, va, name = seg_split(src.items, ([0, 1], [5]))
@@ -383,7 +384,7 @@ def test_resize_seg():
 # ---------------------------------------------------------------- dataloaders
 def test_dataloaders_npy_hu_and_stats(npy):
     dls = seg_dataloaders(npy, size=24, bs=4, augs=False, device='cpu')
-    assert dls.split_name == 'seed001' and dls.layout == 'covid-npy' and dls.classes == SEG_CLASSES and dls.n_fg == 2
+    assert dls.split_name == 'first-medseg' and dls.layout == 'covid-npy' and dls.classes == SEG_CLASSES and dls.n_fg == 2
     assert dls.window == (-1500., 500.) and dls.n_in == 1 and dls.size == 24
     x, y = dls.valid.one_batch()
     assert x.shape == (4, 1, 24, 24) and y.shape == (4, 24, 24)

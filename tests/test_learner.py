@@ -232,7 +232,7 @@ def test_seed000_resume_with_lr_find(tmp_path, at):
     def run(out, cbs=None, res=False):
         learn = build(out, cbs=cbs)
         start = resume(learn) if res else 0
-        quiet_schedule(learn, 'seed000', epochs=2, lr=None, freeze_epochs=2, start_epoch=start)
+        quiet_schedule(learn, 'fine_tune', epochs=2, lr=None, freeze_epochs=2, start_epoch=start)
         return learn
     full = run(tmp_path / 'full')
     assert [r['phase'] for r in full.mv_history] == ['frozen', 'frozen', 'unfrozen', 'unfrozen']
@@ -298,16 +298,16 @@ class RaiseLate(Callback):
 
 
 @pytest.mark.parametrize('schedule,at', [('one_cycle', 1), ('one_cycle', 3), ('flat_cos', 1), ('flat_cos', 2),
-                                         ('seed000', 1), ('seed000', 2), ('seed000', 3),
-                                         ('flat_cos', 'late 1'), ('seed000', 'late 0'), ('seed000', 'fit frozen'),
+                                         ('fine_tune', 1), ('fine_tune', 2), ('fine_tune', 3),
+                                         ('flat_cos', 'late 1'), ('fine_tune', 'late 0'), ('fine_tune', 'fit frozen'),
                                          ('constant', 1), ('constant', 3), ('constant', 'late 2'),
-                                         ('seed003', 1), ('seed003', 2), ('seed003', 3), ('seed003', 'late 1'),
-                                         ('seed003', 'fit head+last')])
+                                         ('head_then_last', 1), ('head_then_last', 2), ('head_then_last', 3), ('head_then_last', 'late 1'),
+                                         ('head_then_last', 'fit head+last')])
 def test_resume_exact_every_schedule(tmp_path, schedule, at):
     "Issue 12.5: a resumed run's history, weights and optimiser state equal an uninterrupted run's, per schedule."
-    kw = dict(epochs=2 if schedule in ('seed000', 'seed003') else 4, lr=1e-2, freeze_epochs=2)
+    kw = dict(epochs=2 if schedule in ('fine_tune', 'head_then_last') else 4, lr=1e-2, freeze_epochs=2)
     # seed003 trains the head, then head + last block: three layer groups (first conv, rest of the body, head)
-    split = (lambda m: [params(m[0][:1]), params(m[0][1:]), params(m[1])]) if schedule == 'seed003' else None
+    split = (lambda m: [params(m[0][:1]), params(m[0][1:]), params(m[1])]) if schedule == 'head_then_last' else None
     def run(out, cbs=None, res=False):
         learn = build(out, cbs=cbs, splitter=split)
         quiet_schedule(learn, schedule, start_epoch=resume(learn) if res else 0, load_best=False, **kw)

@@ -26,8 +26,8 @@ def test_recipes_registered():
         r = get_recipe(n)
         assert r.task == 'classification' and r.layout in rc.CLS_LAYOUTS and r.reproduces and 'seed 00' in r.reproduces
     r = get_recipe('bodypart-densenet121')
-    assert (r.schedule, r.sampler, r.augs, r.size, r.arch) == ('seed000', 'oversample', 'seed000', 224, 'densenet121')
-    assert get_recipe('mri-cnn').augs == 'seed002' and get_recipe('chestct-cnn').augs == 'seed003'
+    assert (r.schedule, r.sampler, r.augs, r.size, r.arch) == ('fine_tune', 'oversample', 'radiograph', 224, 'densenet121')
+    assert get_recipe('mri-cnn').augs == 'mri-light' and get_recipe('chestct-cnn').augs == 'ct-light'
     assert get_recipe('chestct-cnn').extra['resize'] == 'pad'
 
 
@@ -39,7 +39,7 @@ def test_recipe_trains_on_synthetic_layout(name, data, tmp_path):
     assert {'model.pth', 'recipe.json', 'metrics.json', 'report.txt', 'confusion.png'} <= {p.name for p in (tmp_path/'m').iterdir()}
     m = json.loads((tmp_path/'m'/'metrics.json').read_text())
     assert m['split'] and m['final']['split'] == m['split'] and 0 <= m['final']['macro_f1'] <= 1
-    assert m['epochs_run'] == (2 if r.schedule == 'seed000' else 1)
+    assert m['epochs_run'] == (2 if r.schedule == 'fine_tune' else 1)
     assert (tmp_path/'m'/'report.txt').read_text().startswith('split: ')
 
 

@@ -179,7 +179,7 @@ def test_train_writes_model_folder(tmp_path, data):
 
 
 def test_train_overrides_and_seed000(tmp_path, data):
-    m = train('toy-test', data, tmp_path / 'm', show_progress=False, epochs=2, seed=None, schedule='seed000', freeze_epochs=1)
+    m = train('toy-test', data, tmp_path / 'm', show_progress=False, epochs=2, seed=None, schedule='fine_tune', freeze_epochs=1)
     assert [r['phase'] for r in m['history']] == ['frozen', 'unfrozen', 'unfrozen']
     assert m['epochs_planned'] == 3 and set(m['lrs']) == {'frozen', 'unfrozen'}
     meta = json.loads((tmp_path / 'm' / 'recipe.json').read_text())
@@ -332,3 +332,14 @@ def test_a_typo_in_extra_raises_with_a_suggestion(tmp_path, name, key, close):
 def test_extra_values_are_type_checked(tmp_path):
     with pytest.raises(MedvisionError, match="extra 'multi_label' must be bool"):
         train('chestct-tiny', tmp_path, tmp_path/'out', extra={'multi_label': 'yes'})
+
+
+def test_earlier_names_still_load():
+    "Schedules and augmentation presets are named for what they do; the seed-numbered names of older recipe.json files load."
+    from medvision.data.classification import aug_preset
+    r = Recipe.from_dict({'name': 'old', 'task': 'classification', 'schedule': 'seed000'})
+    assert r.schedule == 'fine_tune'
+    assert r.replace(schedule='seed003').schedule == 'head_then_last'
+    for old, new in [('seed000', 'radiograph'), ('seed002', 'mri-light'), ('seed003', 'ct-light')]:
+        a, b = aug_preset(old, 64), aug_preset(new, 64)
+        assert [repr(t) for t in a[0] + a[1]] == [repr(t) for t in b[0] + b[1]]

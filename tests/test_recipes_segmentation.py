@@ -34,7 +34,7 @@ def test_adapter_pieces(tmp_path):
     d, rp = _npy(tmp_path)
     r = get_recipe('covid-tiny').replace(extra={'source_kw': {'rp_boundaries': rp}, 'lesion_weight': 3.0})
     dls = seg.build_dls(r, d)
-    assert dls.size == 64 and dls.split_name == 'seed001' and dls.lesion_weight == 3.0
+    assert dls.size == 64 and dls.split_name == 'first-medseg' and dls.lesion_weight == 3.0
     m = seg.build_model(r, dls)
     x, y = dls.one_batch()
     assert m(x).shape == (x.shape[0], 4, 64, 64)
@@ -59,14 +59,14 @@ def test_tiny_recipe_trains_evaluates_predicts(tmp_path):
     out = tmp_path/'model'
     assert {'model.pth', 'recipe.json', 'metrics.json', 'per_class.csv'} <= {p.name for p in out.iterdir()}
     f = res['final']
-    assert f['split'] == 'seed001' and f['classes'] == SEG_CLASSES and f['n_images'] == 12
+    assert f['split'] == 'first-medseg' and f['classes'] == SEG_CLASSES and f['n_images'] == 12
     assert set(f['per_class']) == set(SEG_CLASSES) and {'dice', 'iou'} <= set(f['per_class']['lungs_other'])
     for k in ('fg_dice', 'miou', 'mean_dice'): assert 0 <= f[k] <= 1
     tab = pd.read_csv(out/'per_class.csv', index_col=0)
     assert list(tab.index) == SEG_CLASSES
     assert len(list((out/'overlays').glob('overlay_*.png'))) == r.extra['n_overlays']
     meta = json.loads((out/'recipe.json').read_text())
-    assert meta['data_info']['stats'][1] > 0 and meta['split'] == 'seed001'
+    assert meta['data_info']['stats'][1] > 0 and meta['split'] == 'first-medseg'
     ev = evaluate(out, d)
     assert ev['final']['fg_dice'] == pytest.approx(f['fg_dice'], abs=1e-6)
     assert ev['final']['miou'] == pytest.approx(f['miou'], abs=1e-6)

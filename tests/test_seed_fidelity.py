@@ -76,8 +76,8 @@ def test_faithful_recipe_matches_seed(name, tmp_path):
     bad = {c: (v, got.get(c, '(not measured)')) for c, v in EXPECTED[name].items() if not same(v, got.get(c))}
     assert not bad, f"{name} differs from its seed: {bad}"
 
-@pytest.mark.parametrize('name,change', [('seed002-cnn', dict(bs=16)), ('seed002-cnn', dict(augs='seed002')),
-                                         ('seed003-cnn', dict(augs='seed003')), ('seed004-unetpp-b3', dict(wd=1e-2))])
+@pytest.mark.parametrize('name,change', [('seed002-cnn', dict(bs=16)), ('seed002-cnn', dict(augs='mri-light')),
+                                         ('seed003-cnn', dict(augs='ct-light')), ('seed004-unetpp-b3', dict(wd=1e-2))])
 def test_a_changed_choice_is_caught(name, change, tmp_path):
     orig = get_recipe(name)
     register_recipe(orig.replace(**change))
@@ -122,7 +122,7 @@ TINY = {  # (data, overrides): tiny sizes (and a small network for the heavy one
 
 def _check_run(res, name):
     r = get_recipe(name)
-    planned = 2 if r.schedule in ('seed000', 'seed003') else 1
+    planned = 2 if r.schedule in ('fine_tune', 'head_then_last') else 1
     assert res['epochs_run'] == planned and len(res['history']) == planned
     assert all(np.isfinite(h['train_loss']) for h in res['history'])
     assert res['monitor'] == r.monitor

@@ -19,10 +19,11 @@ from .cache import ImageCache
 from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
-__all__ = ['AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items', 'oversample',
-           'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset', 'TorchvisionTfm',
-           'keras_affine_mat', 'faithful_preset', 'CachedOpen', 'image_cache', 'classification_dls', 'parse_target',
-           'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct', 'inference_dl']
+__all__ = ['AUG_ALIASES', 'AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items',
+           'oversample', 'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset',
+           'TorchvisionTfm', 'keras_affine_mat', 'faithful_preset', 'CachedOpen', 'image_cache', 'classification_dls',
+           'parse_target', 'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct',
+           'inference_dl']
 
 # %% ../../nbs/11_data.classification.ipynb #a452c00d
 def finish_items(df:pd.DataFrame, classes, layout:str, split_name:str=None):
@@ -91,6 +92,12 @@ def sample_weights(df:pd.DataFrame, # Item table (only training rows are weighte
     tr = df.loc[df['split'] == 'train', col].astype(str)
     return (1.0 / tr.map(tr.value_counts())).values.astype('float64')
 
+# %% ../../nbs/11_data.classification.ipynb #aee66069
+def _gray_dicom(fn) -> bool:
+    "True for a one-sample-per-pixel DICOM (header only): colour files are decoded once, by `read_image`."
+    from medvision.dicom import open_dicom
+    return int(getattr(open_dicom(fn, header_only=True), 'SamplesPerPixel', 1) or 1) == 1
+
 # %% ../../nbs/11_data.classification.ipynb #a5991699
 class OpenImage:
     "Open any supported image file as a `PILImage` (`mode='xray'`: percentile window → uint8 RGB) or `PILImageBW` (`mode='gray'`)."
@@ -106,7 +113,7 @@ class OpenImage:
         "The preprocessed uint8 array, (H,W) for `mode='gray'` else (H,W,3), of `fn`."
         from medvision.io import read_image
         from medvision.intensity import to_rgb, dicom_percentile_window
-        if self.window and self.mode != 'rgb' and file_ext(fn) in DICOM_EXTS:
+        if self.window and self.mode != 'rgb' and file_ext(fn) in DICOM_EXTS and _gray_dicom(fn):
             x = dicom_percentile_window(fn, self.lo, self.hi)   # grayscale DICOM: no float32 image (same bytes)
             if x.ndim == 2: return x if self.mode == 'gray' else np.ascontiguousarray(np.moveaxis(np.asarray(to_rgb(x)), 0, -1))
         x = np.asarray(read_image(fn))
@@ -157,25 +164,27 @@ class Shear(AffineCoordTfm):
         super().__init__(aff_fs=partial(shear_mat, max_shear=max_shear, p=p, draw=draw, batch=batch),
                          size=size, mode=mode, pad_mode=pad_mode, align_corners=align_corners)
 
-AUG_PRESETS = ('seed000', 'seed002', 'seed003', 'none', 'seed000-faithful', 'seed002-faithful', 'seed003-faithful')
+AUG_ALIASES = {'seed000': 'radiograph', 'seed002': 'mri-light', 'seed003': 'ct-light'}   # earlier names
+AUG_PRESETS = ('radiograph', 'mri-light', 'ct-light', 'none', 'seed000-faithful', 'seed002-faithful', 'seed003-faithful')
 
-def aug_preset(name:str='seed000', # One of `AUG_PRESETS`
+def aug_preset(name:str='radiograph', # One of `AUG_PRESETS`
                size:int=224, # Output size in pixels
                resize:str='crop', # 'crop', 'pad' (keep aspect ratio, zero padding) or 'squish'
                n_channels:int=3, # Image channels (selects the normalisation statistics)
                normalize:bool|tuple=True): # Append `Normalize` (True: default stats; or the model's `(mean, std)`)
     "The `(item_tfms, batch_tfms)` of augmentation preset `name` at `size` pixels."
+    name = AUG_ALIASES.get(name, name)
     if name not in AUG_PRESETS: raise MedvisionError(f"unknown augmentation preset {name!r}; valid: {', '.join(AUG_PRESETS)}")
     methods = dict(crop=ResizeMethod.Crop, pad=ResizeMethod.Pad, squish=ResizeMethod.Squish)
     if resize not in methods: raise MedvisionError(f"unknown resize {resize!r}: use 'crop', 'pad' or 'squish'")
     item = [Resize(size, method=methods[resize], pad_mode=PadMode.Zeros)]
     if name.endswith('-faithful'): return faithful_preset(name, size, item, n_channels, normalize)
-    if name == 'seed000':
+    if name == 'radiograph':
         item.append(RandomResizedCrop(size, min_scale=0.6))
         batch = aug_transforms(flip_vert=True, max_warp=0.2, max_rotate=30, max_zoom=1.5, max_lighting=0.4)
-    elif name == 'seed002':
+    elif name == 'mri-light':
         batch = [Flip(p=0.5), Shear(0.2, p=0.5), Zoom(min_zoom=0.8, max_zoom=1.2, p=0.5), GaussianNoise(0.1)]
-    elif name == 'seed003':
+    elif name == 'ct-light':
         batch = [Flip(p=0.5), Rotate(max_deg=10, p=0.5), Brightness(max_lighting=0.1, p=0.5), Contrast(max_lighting=0.1, p=0.5)]
     else: batch = []
     if isinstance(normalize, (tuple, list)):   # a pretrained model's (mean, std); 1 channel gets their averages
@@ -248,7 +257,7 @@ def classification_dls(df:pd.DataFrame, # Item table (`path`, `label`, `labels`,
                        multi_label:bool=False, # `MultiCategoryBlock` on `labels` instead of `CategoryBlock`
                        size:int=224, # Image size fed to the model
                        bs:int=32, # Batch size
-                       aug:str='seed000', # Augmentation preset (see `aug_preset`)
+                       aug:str='radiograph', # Augmentation preset (see `aug_preset`)
                        resize:str='crop', # 'crop', 'pad' or 'squish'
                        balance:str|None=None, # None, 'oversample' (RandomOverSampler) or 'weighted' (WeightedDL)
                        seed:int=0, # Seed for the oversampler and the shuffling

@@ -119,7 +119,7 @@ def volume_items(src:str, # Source key for every item
 # %% ../../nbs/10a_data.seg_layouts.ipynb #e3baf67b
 class SegSource:
     "Base of the layout readers: `items`, `read_image`, `read_mask`, `classes`, `window`, `default_split`."
-    layout,classes,window,units,default_split = None,SEG_CLASSES,(-1500.,500.),'HU','seed001'
+    layout,classes,window,units,default_split = None,SEG_CLASSES,(-1500.,500.),'HU','first-medseg'
     n_fg = 2
     def __init__(self, path): self.path,self.items,self.test_items = Path(path),[],[]
     def read_image(self, it:SegItem): raise NotImplementedError

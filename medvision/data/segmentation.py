@@ -17,8 +17,9 @@ from ..intensity import HUWindow, Standardize
 from .seg_layouts import SegItem, SegSource, open_source, detect_layout, SEG_LAYOUTS
 
 # %% auto #0
-__all__ = ['SPLITS', 'split_seed001', 'split_grouped', 'split_blocks', 'split_random', 'seg_split', 'TensorCT', 'ReadSlice',
-           'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'Seed004Augs', 'lesion_weights', 'ItemCache', 'seg_dataloaders']
+__all__ = ['SPLIT_ALIASES', 'SPLITS', 'split_first_medseg', 'split_grouped', 'split_blocks', 'split_random', 'seg_split',
+           'TensorCT', 'ReadSlice', 'ReadMask', 'ResizeSeg', 'AsCT', 'seg_augs', 'Seed004Augs', 'lesion_weights',
+           'ItemCache', 'seg_dataloaders']
 
 # %% ../../nbs/10_data.segmentation.ipynb #73b7661d
 def _vol_groups(items):
@@ -35,10 +36,10 @@ def _closest(sizes, target):
         tot,k = tot+s,k+1
     return k
 
-def split_seed001(items, n_valid:int=24, **kwargs):
+def split_first_medseg(items, n_valid:int=24, **kwargs):
     "Seed 001: the first `n_valid` MedSeg slices validate, all else trains."
     val = [i for i,it in enumerate(items) if it.src == 'medseg' and it.idx < n_valid]
-    if not val: raise MedvisionError("the 'seed001' split needs MedSeg slices (covid-npy or medseg-nifti layouts); use split='grouped' or 'blocks'")
+    if not val: raise MedvisionError("the 'first-medseg' split needs MedSeg slices (covid-npy or medseg-nifti layouts); use split='grouped' or 'blocks'")
     vs = set(val)
     return [i for i in range(len(items)) if i not in vs], val
 
@@ -70,15 +71,18 @@ def split_random(items, valid_pct:float=0.2, seed:int=42, **kwargs):
     nv = max(1, int(round(valid_pct*len(items))))
     return sorted(p[nv:].tolist()), sorted(p[:nv].tolist())
 
-SPLITS = {'seed001': split_seed001, 'grouped': split_grouped, 'blocks': split_blocks, 'random': split_random}
+SPLIT_ALIASES = {'seed001': 'first-medseg'}   # earlier names
+SPLITS = {'first-medseg': split_first_medseg, 'grouped': split_grouped, 'blocks': split_blocks, 'random': split_random}
 
 def seg_split(items, # `SegItem`s
-              split='seed001', # A name in `SPLITS`, or `(train_idx, valid_idx)`
+              split='first-medseg', # A name in `SPLITS`, or `(train_idx, valid_idx)`
               **kwargs): # `valid_pct`, `seed`, `n_valid`, `gap`
     "`(train_idx, valid_idx, name)` for `items` under `split`."
     if isinstance(split, (tuple, list)) and len(split) == 2 and not isinstance(split[0], str):
         tr,va,name = list(map(int, split[0])),list(map(int, split[1])),'custom'
-    elif split in SPLITS: tr,va = SPLITS[split](items, **kwargs); name = split
+    elif isinstance(split, str) and SPLIT_ALIASES.get(split, split) in SPLITS:
+        name = SPLIT_ALIASES.get(split, split)
+        tr,va = SPLITS[name](items, **kwargs)
     else: raise MedvisionError(f"unknown split {split!r}; valid: {', '.join(SPLITS)} or (train_idx, valid_idx)")
     if not tr or not va: raise MedvisionError(f"split {name!r} leaves {len(tr)} training and {len(va)} validation slices of {len(items)}: both must be non-empty")
     return tr,va,name

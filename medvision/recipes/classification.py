@@ -322,7 +322,7 @@ def build_eval_dl(recipe:Recipe, data, split:str='valid'):
 _C = dict(task='classification', monitor='macro_f1', patience=7)
 RECIPES = [
     Recipe(name='bodypart-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=32, epochs=10,
-           schedule='seed000', freeze_epochs=3, lr=None, sampler='oversample', augs='seed000', pretrained=True, seed=0,
+           schedule='fine_tune', freeze_epochs=3, lr=None, sampler='oversample', augs='radiograph', pretrained=True, seed=0,
            split='grouped by StudyInstanceUID (20% valid)', extra=dict(opener='xray', resize='crop'),
            description='UNIFESP X-ray body part (22 classes) from DICOM/PNG with DenseNet-121. Based on seed 000 '
                        '(faithful: seed000-densenet121); deliberately different: split grouped by study (the seed: fastai '
@@ -331,12 +331,12 @@ RECIPES = [
            reproduces='based on seed 000: PercentileWindow(1,99) → uint8 RGB, RandomOverSampler, DenseNet-121, '
                       'lr_find → fit_one_cycle(3) frozen → unfreeze → fit_one_cycle(10)', **_C),
     Recipe(name='bodypart-multilabel-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=32, epochs=10,
-           schedule='seed000', freeze_epochs=3, augs='seed000', pretrained=True, seed=0, monitor='f1_macro', patience=7,
+           schedule='fine_tune', freeze_epochs=3, augs='radiograph', pretrained=True, seed=0, monitor='f1_macro', patience=7,
            task='classification', extra=dict(opener='xray', multi_label=True, threshold=0.5),
            description='UNIFESP body part as multi-label (all ids of each Target), sigmoid threshold tuned on validation',
            reproduces='seed 000 multi-label variant: same pipeline, BCE loss, macro F1 at a tuned threshold'),
     Recipe(name='chestct-cnn', layout='chestct', arch='chestct-cnn', n_in=1, size=224, bs=32, epochs=30, lr=1e-3,
-           schedule='flat_cos', augs='seed003', pretrained=False, seed=0, split='official train/valid folders',
+           schedule='flat_cos', augs='ct-light', pretrained=False, seed=0, split='official train/valid folders',
            extra=dict(resize='pad'), description='chest CT cancer type (4 classes), small CNN from scratch. Based on seed '
                        '003 (faithful: seed003-cnn); deliberately different: global-average-pool head, 1.70 M parameters (seed: '
                        'Flatten 25 088→512, 14.5 M), Dropout2d .15 after every block (seed: one), Normalize std 0.25 (seed 0.5), '
@@ -344,19 +344,19 @@ RECIPES = [
                        'optimiser not stated), best model on macro F1 with patience 7 (seed: early stopping, patience not stated)',
            reproduces='based on seed 003 baseline: grayscale, aspect-preserving pad to 224, 5 conv blocks 32→512 + 256-unit head', **_C),
     Recipe(name='chestct-resnet50', layout='chestct', arch='resnet50', n_in=1, size=224, bs=32, epochs=10,
-           schedule='seed000', freeze_epochs=3, augs='seed003', pretrained=True, seed=0, split='official train/valid folders',
+           schedule='fine_tune', freeze_epochs=3, augs='ct-light', pretrained=True, seed=0, split='official train/valid folders',
            extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet ResNet-50. Based on seed 003 '
                        '(faithful: seed003-resnet50); deliberately different: timm body + fastai head, the seed000 schedule '
                        '(head, then the whole body with discriminative LRs; seed: FC, then FC + last conv block), chestct-cnn\'s data pipeline',
            reproduces='based on seed 003 transfer-learning run with ResNet-50', **_C),
     Recipe(name='chestct-inception3', layout='chestct', arch='inception_v3', n_in=1, size=299, bs=32, epochs=10,
-           schedule='seed000', freeze_epochs=3, augs='seed003', pretrained=True, seed=0, split='official train/valid folders',
+           schedule='fine_tune', freeze_epochs=3, augs='ct-light', pretrained=True, seed=0, split='official train/valid folders',
            extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet Inception-V3 at 299 px. Based on '
                        'seed 003 (faithful: seed003-inception3); deliberately different: timm body without the auxiliary '
                        'classifier + fastai head, the seed000 schedule (seed: FC, then FC + last block), chestct-cnn\'s data pipeline',
            reproduces='based on seed 003 transfer-learning run with Inception-V3', **_C),
     Recipe(name='mri-cnn', layout='mri', arch='mri-cnn', n_in=1, size=128, bs=32, epochs=15, lr=1e-3, schedule='flat_cos',
-           augs='seed002', pretrained=False, seed=0, split='official folders, else grouped by case',
+           augs='mri-light', pretrained=False, seed=0, split='official folders, else grouped by case',
            description='MRI sequence (T1/T2/FLAIR) from slices with a small CNN; NIfTI volumes voted over slices. Based on '
                        'seed 002 (faithful: seed002-cnn); deliberately different: 3 conv blocks 32/64/128 + dense 128 at 128 px '
                        '(seed: conv 32 3×3 + 3× conv 64 2×2, dense 512/256/128, 150 px), shear factor .2 (seed: 0.2°), noise '
@@ -365,18 +365,18 @@ RECIPES = [
            reproduces='based on seed 002: small CNN on slices, shear/zoom/flip/noise, Adam 1e-3; T1C excluded (extra include_t1c=True adds it)', **_C),
     # CPU-sized variants for demos and tests
     Recipe(name='bodypart-tiny', layout='unifesp', arch='resnet18', n_in=3, size=64, bs=16, epochs=3, lr=2e-3,
-           schedule='one_cycle', sampler='oversample', augs='seed000', pretrained=False, seed=0,
+           schedule='one_cycle', sampler='oversample', augs='radiograph', pretrained=False, seed=0,
            extra=dict(opener='xray'), description='bodypart-densenet121 pipeline, ResNet-18 at 64 px from scratch (CPU demo)',
            reproduces='seed 000 data pipeline (window, oversampling, augmentation) at CPU size', **_C),
     Recipe(name='chestct-tiny', layout='chestct', arch='chestct-cnn', n_in=1, size=64, bs=16, epochs=3, lr=1e-3,
-           schedule='flat_cos', augs='seed003', pretrained=False, seed=0, extra=dict(resize='pad'),
+           schedule='flat_cos', augs='ct-light', pretrained=False, seed=0, extra=dict(resize='pad'),
            description='chestct-cnn at 64 px (CPU demo)', reproduces='seed 003 baseline CNN at CPU size', **_C),
     Recipe(name='mri-tiny', layout='mri', arch='mri-cnn', n_in=1, size=64, bs=16, epochs=3, lr=1e-3, schedule='flat_cos',
-           augs='seed002', pretrained=False, seed=0, description='mri-cnn at 64 px (CPU demo)',
+           augs='mri-light', pretrained=False, seed=0, description='mri-cnn at 64 px (CPU demo)',
            reproduces='seed 002 small CNN at CPU size', **_C),
     # transfer recipes (issue 13): packaged ImageNet EfficientNet-Lite0, CPU-sized, no network needed
     Recipe(name='chestct-lite0', layout='chestct', arch='tf_efficientnet_lite0', n_in=1, size=160, bs=32, epochs=8, lr=1e-3,
-           schedule='one_cycle', augs='seed003', pretrained=True, seed=0, split='official train/valid folders',
+           schedule='one_cycle', augs='ct-light', pretrained=True, seed=0, split='official train/valid folders',
            extra=dict(resize='pad', stats='model'),
            description='chest CT cancer type from ImageNet EfficientNet-Lite0 (packaged weights, offline): shows transfer '
                        'learning lifting a 613-image task far above the same net from scratch in ~8 CPU epochs',
@@ -384,13 +384,13 @@ RECIPES = [
                       'h-flip + ±10° rotation (0.83 macro F1 on valid); whole network trained from epoch 0 (a frozen '
                       'phase is not used: the pairs in bench/transfer.py share one schedule)', **_C),
     Recipe(name='bodypart-lite0', layout='unifesp', arch='tf_efficientnet_lite0', n_in=3, size=128, bs=32, epochs=6, lr=1e-3,
-           schedule='seed000', freeze_epochs=1, sampler='oversample', augs='seed000', pretrained=True, seed=0,
+           schedule='fine_tune', freeze_epochs=1, sampler='oversample', augs='radiograph', pretrained=True, seed=0,
            split='grouped by StudyInstanceUID (20% valid)', extra=dict(opener='xray', resize='crop', stats='model'),
            description='UNIFESP body part from ImageNet EfficientNet-Lite0 at 128 px: fastai fine_tune shape (1 frozen '
                        'epoch, then unfrozen with discriminative LRs) on the seed 000 pipeline, CPU-sized',
            reproduces='seed 000 pipeline with a packaged-weights backbone instead of DenseNet-121', **_C),
     Recipe(name='mri-lite0', layout='mri', arch='tf_efficientnet_lite0', n_in=1, size=128, bs=32, epochs=6, lr=1e-3,
-           schedule='one_cycle', augs='seed002', pretrained=True, seed=0, split='official folders, else grouped by case',
+           schedule='one_cycle', augs='mri-light', pretrained=True, seed=0, split='official folders, else grouped by case',
            extra=dict(stats='model'),
            description='MRI sequence (T1/T2/FLAIR) from ImageNet EfficientNet-Lite0 slices, volume vote: shows whether '
                        'pretrained features carry across scanners better than the seed 002 CNN',
@@ -408,7 +408,7 @@ _S3_WHY = ('grayscale, ResizeWithAspectRatioPadding (zero pad), RandomHorizontal
            '(the deck names one without saying how)')
 FAITHFUL = [
     Recipe(name='seed000-densenet121', layout='unifesp', arch='densenet121', n_in=3, size=224, bs=64, epochs=10,
-           schedule='seed000', freeze_epochs=3, lr=None, sampler='oversample', augs='seed000-faithful', pretrained=True,
+           schedule='fine_tune', freeze_epochs=3, lr=None, sampler='oversample', augs='seed000-faithful', pretrained=True,
            seed=0, task='classification', monitor='macro_f1', patience=None, split='random 20% of the images',
            extra=dict(opener='xray', resize='crop', split_by='image', lr_suggest='minimum', keep='last'),
            description='seed 000 exactly: UNIFESP body part with fastai DenseNet-121',
@@ -433,13 +433,13 @@ FAITHFUL = [
            reproduces='seed 003 baseline: 5 conv blocks (3×3 same, BN, ReLU, max-pool) 32→512, Dropout2d .15 (once, after '
                       'block 5: the deck prints the module, not the forward), Flatten 25 088→512→256→4 with dropout .4/.25; ' + _S3_WHY,
            **_S3),
-    Recipe(name='seed003-resnet50', arch='tv-resnet50', size=224, epochs=10, schedule='seed003', freeze_epochs=10,
+    Recipe(name='seed003-resnet50', arch='tv-resnet50', size=224, epochs=10, schedule='head_then_last', freeze_epochs=10,
            pretrained=True, extra=dict(resize='pad', opt=_TORCH_ADAM),
            description='seed 003 exactly: torchvision ResNet-50, FC then FC + last conv block',
            reproduces='seed 003 ResNet-50: ImageNet weights, new 4-class FC trained alone, then FC + layer4 (the last conv '
                       'block; frozen BatchNorm layers stay frozen); grey input through the summed first conv (= grey '
                       'replicated to RGB); ' + _S3_WHY + '; 10 + 10 epochs', **_S3),
-    Recipe(name='seed003-inception3', arch='tv-inception3', size=299, epochs=10, schedule='seed003', freeze_epochs=10,
+    Recipe(name='seed003-inception3', arch='tv-inception3', size=299, epochs=10, schedule='head_then_last', freeze_epochs=10,
            pretrained=True, extra=dict(resize='pad', opt=_TORCH_ADAM),
            description='seed 003 exactly: torchvision Inception-V3, FC then FC + last block',
            reproduces='seed 003 Inception-V3: torchvision model with its auxiliary classifier (27.2 M parameters as in the '

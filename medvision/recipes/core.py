@@ -17,7 +17,7 @@ import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
 from ..callbacks import to_plain, check_finite_model
 from ..io import list_files
-from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, MaxSteps
+from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, SCHEDULE_ALIASES, MaxSteps
 from functools import partial
 from fastcore.foundation import L
 from ..tta import FlipTTA, ProbEnsemble, tta_flips
@@ -44,11 +44,11 @@ class Recipe:
     n_in: int = 3  # Input channels
     size: int = 224  # Input size in pixels
     bs: int = 16  # Batch size
-    epochs: int = 10  # Training epochs ('seed000': of the unfrozen phase)
+    epochs: int = 10  # Training epochs ('fine_tune': of the unfrozen phase)
     lr: float|None = None  # Learning rate; None runs `lr_find`
     wd: float = 1e-2  # Decoupled (AdamW) weight decay
-    schedule: str = 'one_cycle'  # 'one_cycle', 'flat_cos' or 'seed000' (`medvision.learner.SCHEDULES`)
-    freeze_epochs: int = 3  # 'seed000': epochs with the body frozen
+    schedule: str = 'one_cycle'  # A name in `medvision.learner.SCHEDULES`
+    freeze_epochs: int = 3  # 'fine_tune' / 'head_then_last': epochs of the first (frozen) phase
     loss: dict = field(default_factory=dict)  # Loss parameters for the task's loss, e.g. {'ce': .25, 'dice': .5, 'focal': .25}
     monitor: str = 'valid_loss'  # What picks the best model / early stopping
     patience: int|None = 7  # Early-stopping patience (None/0: off)
@@ -67,6 +67,7 @@ class Recipe:
         def bad(msg): raise MedvisionError(f"recipe {self.name!r}: {msg}")
         if not isinstance(self.name, str) or not self.name: bad("`name` must be a non-empty string")
         if not isinstance(self.task, str) or not self.task: bad("`task` must be a non-empty string")
+        self.schedule = SCHEDULE_ALIASES.get(self.schedule, self.schedule)   # a recipe.json from an older version
         if self.schedule not in SCHEDULES: bad(f"schedule {self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.sampler not in SAMPLERS: bad(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
         if self.amp not in ('auto', True, False, 'bf16'): bad(f"amp must be 'auto', True, False or 'bf16', got {self.amp!r}")
@@ -443,7 +444,7 @@ def _run(task, recipe, data, out:Path, resume, show_progress, cbs):
     else:
         with learn.no_bar(): final = task.evaluate_dl(learn, dls.valid, recipe, out)
     hist,sb,es = learn.mv_history,getattr(learn, 'save_best', None),getattr(learn, 'early_stop', None)
-    planned = recipe.epochs + (recipe.freeze_epochs if recipe.schedule == 'seed000' else 0)
+    planned = recipe.epochs + (recipe.freeze_epochs if recipe.schedule == 'fine_tune' else 0)
     done = sorted({r['epoch'] for r in hist})
     cols = list(dict.fromkeys(k for r in hist for k in r))
     res = {'recipe': recipe.name, 'task': recipe.task, 'data': _data_str(data), 'split': info['split'],

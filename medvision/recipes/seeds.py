@@ -153,7 +153,7 @@ def _measure_seed000(r, tmp):
             'max rotate': float(p['rotate_mat']['max_deg']), 'max zoom': float(p['zoom_mat']['max_zoom']),
             'max lighting': float(light.max_lighting), 'RandomResizedCrop scale': (item[-1].min_scale, item[-1].max_scale),
             'class balancing': r.sampler, 'lr_find suggestion': r.extra.get('lr_suggest', 'valley') if r.lr is None else None,
-            'frozen epochs (fit_one_cycle)': r.freeze_epochs if r.schedule == 'seed000' else 0, 'unfrozen epochs': r.epochs}
+            'frozen epochs (fit_one_cycle)': r.freeze_epochs if r.schedule == 'fine_tune' else 0, 'unfrozen epochs': r.epochs}
 
 # %% ../../nbs/53_recipes.seeds.ipynb #e03299e0
 def _synth_covid(tmp, n, n_rp):

@@ -97,7 +97,7 @@ SEED004_UNETPP_B3 = register_recipe(Recipe(
 SEED001_UNETPP_B2 = register_recipe(Recipe(
     name='seed001-unetpp-b2', task='segmentation', arch='unetpp-effb2', n_in=1, size=512, bs=8, epochs=50, lr=1e-3, wd=0.,
     loss={'ce': 1.0, 'dice': 0.0, 'focal': 0.0}, monitor='valid_loss', patience=7, sampler=None, augs='seed001',
-    pretrained=True, split='seed001', description='seed 001 exactly: UNet++ EfficientNet-B2, cross-entropy',
+    pretrained=True, split='first-medseg', description='seed 001 exactly: UNet++ EfficientNet-B2, cross-entropy',
     reproduces="seed 001: clip −1500..500 HU + standardisation, first 24 MedSeg slices validate and the rest of MedSeg + all "
                "Radiopaedia train, rotation up to 360°, random crop, horizontal flip, softmax + cross-entropy, Adam, early "
                "stopping on validation loss (patience 7), best validation loss kept, mIoU over the classes present in each "
