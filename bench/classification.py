@@ -146,9 +146,11 @@ def _mean_runs(runs, seeds):
 
 def medvision_run(df, cfg, out, seed=0):
     r = get_recipe(cfg['recipe'])
-    # the recipe's own schedule; seed000's frozen phase needs a pretrained body, so from scratch it becomes one-cycle
+    # the recipe's own schedule; a frozen phase (fine_tune, head_then_last) needs a pretrained body, so from scratch
+    # it becomes one-cycle
+    frozen = r.schedule in ('fine_tune', 'head_then_last')
     kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False,
-              schedule=r.schedule if r.schedule != 'seed000' else 'one_cycle', seed=seed)
+              schedule='one_cycle' if frozen else r.schedule, seed=seed)
     if 'sampler' in cfg: kw['sampler'] = cfg['sampler']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

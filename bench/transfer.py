@@ -188,7 +188,7 @@ def seg_score(data, r, out, res, **kw):
                 train_time_s=round(res['train_time_s'], 1))
 
 
-def bench_covid(tmp, lovo=False, lovo_epochs=4, runs=RUNS, save=lambda res: None):
+def bench_covid(tmp, lovo=False, lovo_epochs=COVID['epochs'], runs=RUNS, save=lambda res: None):
     from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
     data = shared_data('covid-ct-png')
     n = 970
@@ -209,21 +209,35 @@ def bench_covid(tmp, lovo=False, lovo_epochs=4, runs=RUNS, save=lambda res: None
                                         monitor='fg_dice')}
     for k in runs:
         res[k] = todo[k](); save(res)
-    if lovo:
-        b = [0, *COVID_PNG_BOUNDARIES, n]
-        vols = list(zip(b[:-1], b[1:]))
-        per = {'pretrained': [], 'scratch': []}
-        c2 = dict(cfg, epochs=lovo_epochs)
-        for v in vols:
-            sp = [list(s) for s in covid_split(n, v)]
-            for k, kw in (('pretrained', {}), ('scratch', dict(pretrained=False))):
-                rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'lovo{v[0]}{k}', sp, arch=cfg['arch'], **kw)
-                per[k].append(dict(volume=f"{v[0]}-{v[1]-1}", lesion_dice=rr['lesion_dice'], ci=rr['ci']))
-        res['lovo'] = dict(settings=dict(volumes=[f"{a}-{c-1}" for a, c in vols], epochs=lovo_epochs, size=cfg['size'],
-                                         bs=cfg['bs'], note='each volume held out once, trained on all others'),
-                           **{k: dict(mean_lesion_dice=round(float(np.mean([o['lesion_dice'] for o in v])), 4),
-                                      per_volume=v) for k, v in per.items()})
+    if lovo: lovo_study(data, n, cfg, tmp, lovo_epochs, save=lambda r: save({**res, **r}))
     return res
+
+
+def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag='', save=lambda res: None, **kw):
+    "Leave-one-volume-out over the README's volumes: each held out once, trained on (every `stride`-th slice of) the rest."
+    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
+    b = [0, *COVID_PNG_BOUNDARIES, n]
+    vols = list(zip(b[:-1], b[1:]))
+    c2 = dict(cfg, epochs=epochs, **{k: v for k, v in kw.items() if k in ('size', 'bs')})
+    rkw = {k: v for k, v in kw.items() if k not in ('size', 'bs')}
+    per = {k: [] for k in runs}
+    key = f"lovo{'_' + tag if tag else ''}"
+    for v in vols:
+        sp = [list(s) for s in covid_split(n, v, cfg['stride'])]
+        for k in runs:
+            pre = {} if k == 'pretrained' else dict(pretrained=False)
+            rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'{key}{v[0]}{k}', sp, arch=cfg['arch'], **pre, **rkw)
+            per[k].append(dict(volume=f"{v[0]}-{v[1]-1}", n_valid=rr['n_valid'], lesion_dice=rr['lesion_dice'],
+                               ci=rr['ci'], s_per_epoch=rr['s_per_epoch'], best_epoch=rr['best_epoch']))
+        def mean_ci(v):   # mean over volumes, 95 % CI by resampling volumes
+            d = np.asarray([o['lesion_dice'] for o in v])
+            return dict(mean_lesion_dice=round(float(d.mean()), 4), ci=bootstrap(np.arange(len(d)), lambda i: d[i].mean()),
+                        per_volume=v)
+        save({key: dict(settings=dict(volumes=[f"{a}-{c-1}" for a, c in vols], done=len(per[runs[0]]), epochs=epochs,
+                                       size=c2['size'], bs=c2['bs'], train_stride=cfg['stride'], overrides=rkw,
+                                       note='each volume held out once, trained on every '
+                                            f"{cfg['stride']}th slice of all others; mean over volumes, CI by volume"),
+                         **{k: mean_ci(v) for k, v in per.items()})})
 
 
 def table(res):
@@ -242,6 +256,16 @@ def table(res):
                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
                         f"{r.get('epochs_run', st.get('epochs'))} of {st.get('epochs')} ep, bs {st.get('bs')}; "
                         f"{st.get('split')} |")
+    for key, lv in sorted((k, v) for k, v in res.get('covid', {}).items() if k.startswith('lovo')):
+        st = lv['settings']
+        for k in ('pretrained', 'scratch'):
+            if k not in lv: continue
+            r = lv[k]
+            rows.append(f"| covid, unseen volumes ({key}) | {k} | `{COVID['pretrained']}` as `{COVID['arch']}`"
+                        f"{' (scratch)' if k == 'scratch' else ''} | mean lesion_dice over {len(r['per_volume'])} held-out volumes "
+                        f"{r['mean_lesion_dice']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                        f"{np.mean([o['s_per_epoch'] for o in r['per_volume']]):.1f} | {st['size']} px, {st['epochs']} ep, "
+                        f"bs {st['bs']}; each volume held out once{'; ' + json.dumps(st['overrides']) if st.get('overrides') else ''} |")
     return '\n'.join(rows)
 
 
@@ -249,7 +273,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--only', default='chestct,covid,mri,bodypart')
     ap.add_argument('--lovo', action='store_true')
-    ap.add_argument('--runs', default=','.join(RUNS), help='subset of pretrained,scratch,seed_net (separate processes)')
+    ap.add_argument('--lovo-kw', default='', help='JSON recipe overrides for a LOVO variant, e.g. {"augs": "none"}')
+    ap.add_argument('--lovo-runs', default='pretrained,scratch')
+    ap.add_argument('--runs', default=','.join(RUNS), help="subset of pretrained,scratch,seed_net (separate processes); '' runs none")
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'transfer.json'))
     ap.add_argument('--table', action='store_true', help='print the README table of --out and exit')
     ap.add_argument('--collect', nargs=2, metavar=('RUN', 'DIR'), help='score a stopped run of --only WORKFLOW from DIR')
@@ -274,9 +300,15 @@ def main(argv=None):
     for w in a.only.split(','):
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            runs, sv = a.runs.split(','), (lambda r: save(w, r))
-            res = bench_covid(tmp, a.lovo, runs=runs, save=sv) if w == 'covid' else bench_cls(w, tmp, runs=runs, save=sv)
-        save(w, {f"wall_s_{'+'.join(runs)}": round(time.time() - t0)})
+            runs, sv = [k for k in a.runs.split(',') if k], (lambda r: save(w, r))   # --runs '' with --lovo: LOVO only
+            if w == 'covid' and a.lovo_kw:   # a LOVO variant only, stored under lovo_<overrides>
+                kw = json.loads(a.lovo_kw)
+                tag = '_'.join(f'{k}-{v}' for k, v in kw.items())
+                lovo_study(shared_data('covid-ct-png'), 970, COVID, tmp, COVID['epochs'], runs=tuple(a.lovo_runs.split(',')),
+                           tag=tag, save=sv, **kw)
+            elif w == 'covid': bench_covid(tmp, a.lovo, runs=runs, save=sv)
+            else: bench_cls(w, tmp, runs=runs, save=sv)
+        save(w, {f"wall_s_{'+'.join(runs + ['lovo'] * a.lovo)}": round(time.time() - t0)})
 
 
 if __name__ == '__main__': main()

@@ -346,14 +346,14 @@ RECIPES = [
     Recipe(name='chestct-resnet50', layout='chestct', arch='resnet50', n_in=1, size=224, bs=32, epochs=10,
            schedule='fine_tune', freeze_epochs=3, augs='ct-light', pretrained=True, seed=0, split='official train/valid folders',
            extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet ResNet-50. Based on seed 003 '
-                       '(faithful: seed003-resnet50); deliberately different: timm body + fastai head, the seed000 schedule '
+                       '(faithful: seed003-resnet50); deliberately different: timm body + fastai head, the fastai fine_tune schedule '
                        '(head, then the whole body with discriminative LRs; seed: FC, then FC + last conv block), chestct-cnn\'s data pipeline',
            reproduces='based on seed 003 transfer-learning run with ResNet-50', **_C),
     Recipe(name='chestct-inception3', layout='chestct', arch='inception_v3', n_in=1, size=299, bs=32, epochs=10,
            schedule='fine_tune', freeze_epochs=3, augs='ct-light', pretrained=True, seed=0, split='official train/valid folders',
            extra=dict(resize='pad'), description='chest CT cancer type with an ImageNet Inception-V3 at 299 px. Based on '
                        'seed 003 (faithful: seed003-inception3); deliberately different: timm body without the auxiliary '
-                       'classifier + fastai head, the seed000 schedule (seed: FC, then FC + last block), chestct-cnn\'s data pipeline',
+                       'classifier + fastai head, the fastai fine_tune schedule (seed: FC, then FC + last block), chestct-cnn\'s data pipeline',
            reproduces='based on seed 003 transfer-learning run with Inception-V3', **_C),
     Recipe(name='mri-cnn', layout='mri', arch='mri-cnn', n_in=1, size=128, bs=32, epochs=15, lr=1e-3, schedule='flat_cos',
            augs='mri-light', pretrained=False, seed=0, split='official folders, else grouped by case',

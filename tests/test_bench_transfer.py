@@ -1,0 +1,59 @@
+"""`bench/transfer.py`'s bookkeeping: splits never leak, the leave-one-volume-out study holds each volume out once and
+summarises by volume, and the README table shows every run (training itself is replaced by a recorder)."""
+import importlib.util, json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _transfer():
+    spec = importlib.util.spec_from_file_location('bench_transfer', ROOT/'bench'/'transfer.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_covid_split_keeps_the_held_out_block_apart():
+    tr, va = _transfer().covid_split(20, (8, 12), stride=3)
+    assert va == [8, 9, 10, 11]
+    assert tr == [0, 3, 6, 12, 15, 18] and not set(tr) & set(va)
+
+
+def test_bootstrap_by_group_brackets_the_estimate():
+    m = _transfer()
+    x = np.r_[np.zeros(50), np.ones(50)]
+    lo, hi = m.bootstrap(np.arange(100), lambda i: x[i].mean())
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    # one group holding every item: resampling groups cannot move the statistic
+    assert m.bootstrap(np.zeros(100), lambda i: x[i].mean()) == [0.5, 0.5]
+
+
+def test_lovo_holds_each_volume_out_once(monkeypatch):
+    m = _transfer()
+    calls, saved = [], []
+    def fake_run(data, recipe, cfg, out, split, **kw):
+        calls.append((split, kw, cfg))
+        dice = 0.6 if kw.get('pretrained', True) else 0.4
+        return dict(lesion_dice=dice + len(calls) / 1000, ci=[0.1, 0.9], n_valid=len(split[1]), s_per_epoch=1.0,
+                    best_epoch=0)
+    monkeypatch.setattr(m, 'seg_run', fake_run)
+    m.lovo_study('data', 970, m.COVID, '/tmp', 2, tag='augs-none', save=saved.append, augs='none', size=96)
+    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
+    n_vol = len(COVID_PNG_BOUNDARIES) + 1
+    assert len(calls) == 2 * n_vol and len(saved) == n_vol   # saved after every volume: a stopped study keeps its part
+    held = [tuple(s[1]) for s, kw, _ in calls[::2]]
+    assert sorted(i for h in held for i in h) == list(range(970))   # every slice validated exactly once
+    for (tr, va), kw, cfg in calls:
+        assert not set(tr) & set(va) and kw['augs'] == 'none' and cfg['size'] == 96 and cfg['epochs'] == 2
+    res = saved[-1]['lovo_augs-none']
+    assert res['settings']['done'] == n_vol and res['settings']['overrides'] == {'augs': 'none'}
+    pre = [o['lesion_dice'] for o in res['pretrained']['per_volume']]
+    assert res['pretrained']['mean_lesion_dice'] == round(float(np.mean(pre)), 4)
+    lo, hi = res['pretrained']['ci']
+    assert lo <= res['pretrained']['mean_lesion_dice'] <= hi
+    assert res['scratch']['mean_lesion_dice'] < res['pretrained']['mean_lesion_dice']
+    rows = m.table({'covid': saved[-1]}).splitlines()
+    assert len(rows) == 4 and 'held-out volumes' in rows[2] and '"augs": "none"' in rows[3]
+    json.dumps(saved[-1])   # the JSON file can hold it
