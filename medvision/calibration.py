@@ -60,7 +60,7 @@ def fit_temperature(logits, # Validation logits `(N,C)`
     def closure():
         opt.zero_grad(); loss = nn.functional.cross_entropy(z/lt.exp(), y); loss.backward(); return loss
     opt.step(closure)
-    return float(lt.exp().clamp(0.05, 20))
+    return float(lt.detach().exp().clamp(0.05, 20))
 
 class TemperatureScaled(nn.Module):
     "`model`'s logits divided by a fitted temperature (argmax unchanged)."

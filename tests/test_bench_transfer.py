@@ -57,3 +57,19 @@ def test_lovo_holds_each_volume_out_once(monkeypatch):
     rows = m.table({'covid': saved[-1]}).splitlines()
     assert len(rows) == 4 and 'held-out volumes' in rows[2] and '"augs": "none"' in rows[3]
     json.dumps(saved[-1])   # the JSON file can hold it
+
+
+def test_mri_lopo_pools_the_held_out_volumes(monkeypatch):
+    m = _transfer()
+    seen, saved = [], []
+    monkeypatch.setattr(m, 'mri_items', lambda held, name: held)
+    def fake_run(df, recipe, cfg, out, **kw):
+        seen.append(df)
+        pat = df[0]
+        return dict(volumes={f'{pat}/FLAIR.nii.gz': ['FLAIR', 'T1'], f'{pat}/T1W.nii.gz': ['T1', 'T1']})
+    monkeypatch.setattr(m, 'cls_run', fake_run)
+    m.mri_lopo('/tmp', save=saved.append)
+    assert seen == [('patient01',), ('patient04',), ('patient19',)] and len(saved) == 3
+    r = saved[-1]['lopo']['pretrained']
+    assert r['n_volumes'] == 6 and r['volume_accuracy'] == 0.5 and r['ci'] == [0.5, 0.5]   # same 1 of 2 per patient
+    assert saved[0]['lopo']['pretrained']['n_volumes'] == 2 and saved[-1]['lopo']['settings']['done'] == 'patient19'
