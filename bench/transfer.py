@@ -20,6 +20,7 @@ train on slices 0–788, validate on slices 789–969 (the last volume, README b
 leave-one-volume-out over the README's volumes (`--lovo`).
 
 Usage: python bench/transfer.py [--only chestct,covid,mri,bodypart] [--lovo] [--out bench/results/transfer.json]
+       python bench/transfer.py --only mri --lopo --lovo-runs pretrained   (leave one Ljubljana patient out)
 Results are merged into the JSON per workflow, so workflows can run in separate invocations.
 """
 import argparse, json, os, sys, tempfile, time, warnings
@@ -36,8 +37,9 @@ NOTE = ("CPU only, 2 cores shared with ~6 other developers' jobs running at the 
 # chest CT at the recipe's 160 px (~24 s/epoch for Lite0 on 2 idle cores)
 CLS = {'chestct': dict(pretrained='chestct-lite0', seed_net='chestct-cnn', size=160, epochs=8, bs=32,
                        split='official train/valid folders'),
+       # body part without the recipes' oversampling (each epoch would be ~9x longer): every run sees each image once
        'bodypart': dict(pretrained='bodypart-lite0', seed_net='bodypart-densenet121', size=128, epochs=6, bs=32,
-                        split='grouped by StudyInstanceUID, 20 % valid, seed 0'),
+                        split='grouped by StudyInstanceUID, 20 % valid, seed 0', overrides=dict(sampler=None)),
        'mri': dict(pretrained='mri-lite0', seed_net='mri-cnn', size=128, epochs=6, bs=32,
                    split='train: mri-brats (3 cases) + mri-ljubljana patient01; valid: unseen Ljubljana patients 04, 19')}
 COVID = dict(pretrained='covid-unetpp-lite0', arch='unet-efflite0', seed_net='covid-unetpp-b3', size=128, epochs=6, bs=8,
@@ -70,17 +72,25 @@ def items(workflow):
     from medvision.data.mri import read_mri
     if workflow == 'chestct': return read_chestct(shared_data('chest-ct'))
     if workflow == 'bodypart': return read_unifesp(shared_data('bodypart-unifesp'), check=False, seed=0)
+    return mri_items(('patient04', 'patient19'), CLS['mri']['split'])
+
+
+def mri_items(valid_patients, split_name):
+    "mri-brats + mri-ljubljana slices: the Ljubljana `valid_patients` validate, everything else trains."
+    from medvision.data.mri import read_mri
     a, b = read_mri(shared_data('mri-brats'), seed=0), read_mri(shared_data('mri-ljubljana'), seed=0)
     a['split'] = 'train'
-    b['split'] = np.where(b['group'].astype(str).str.contains('patient01'), 'train', 'valid')
+    held = b['group'].astype(str).str.contains('|'.join(valid_patients))
+    b['split'] = np.where(held, 'valid', 'train')
     df = pd.concat([a, b], ignore_index=True)
-    df.attrs.update(a.attrs); df.attrs['split_name'] = CLS['mri']['split']
+    df.attrs.update(a.attrs); df.attrs['split_name'] = split_name
     return df
 
 
 def cls_run(df, recipe, cfg, out, **kw):
     r = get_recipe(recipe)
-    res = train(r, df, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], show_progress=False, overwrite=True, **kw)
+    res = train(r, df, out, size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], show_progress=False, overwrite=True,
+                **cfg.get('overrides', {}), **kw)
     return cls_score(df, r, out, res, **kw)
 
 
@@ -103,7 +113,8 @@ def cls_score(df, r, out, res, **kw):
         run['volume_accuracy'] = round(float(ok.mean()), 4)
         run['volume_ci'] = bootstrap(vv.index, lambda i: ok[i].mean())
         run['n_volumes'] = len(vv)
-        run['volumes'] = {str(v): [str(a), str(b)] for v, a, b in zip(vv.get('volume', vv.index), vv['label'], vv['class'])}
+        run['volumes'] = {'/'.join(Path(str(v)).parts[-2:]): [str(a), str(b)]   # truth, vote
+                          for v, a, b in zip(vv['path'], vv['label'], vv['class'])}
     return run
 
 
@@ -134,21 +145,47 @@ def collect(workflow, run, out):
     return d, cls_settings(workflow, df)
 
 
+def mri_lopo(tmp, runs=('pretrained',), save=lambda res: None):
+    "Leave-one-Ljubljana-patient-out: train on mri-brats + the other Ljubljana patients, vote each held-out volume."
+    cfg, per = CLS['mri'], {k: {} for k in runs}
+    for pat in ('patient01', 'patient04', 'patient19'):
+        df = mri_items((pat,), f'LOPO: valid {pat}')
+        for k in runs:
+            kw = {} if k == 'pretrained' else dict(pretrained=False)
+            rr = cls_run(df, cfg['pretrained'], cfg, Path(tmp)/f'lopo{pat}{k}', **kw)
+            per[k].update(rr['volumes'])
+        out = {}
+        for k, v in per.items():
+            ok = np.asarray([a == b for a, b in v.values()], float)
+            out[k] = dict(volume_accuracy=round(float(ok.mean()), 4), ci=bootstrap([n.split('/')[0] for n in v], 
+                          lambda i: ok[i].mean()), n_volumes=len(ok), volumes=v)
+        save({'lopo': dict(settings=dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], done=pat,
+                                         split='each Ljubljana patient held out once; train: mri-brats + the other two',
+                                         ci='bootstrap 95 % over held-out volumes resampled by patient'), **out)})
+
+
 def cls_settings(workflow, df):
     cfg = CLS[workflow]
-    return dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'],
+    return dict(split=cfg['split'], size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], overrides=cfg.get('overrides', {}),
                 n_train=int((df.split == 'train').sum()), n_valid=int((df.split == 'valid').sum()),
                 selection='best epoch on validation macro F1 (each recipe\'s monitor), same rule for all runs',
                 ci='bootstrap 95 % over validation images resampled by ' +
                    ('patient/volume' if workflow == 'mri' else 'study' if workflow == 'bodypart' else 'image'))
 
 
+def _unfrozen(cfg):
+    "From random weights a frozen first phase would train the head on noise: the scratch run gets one-cycle instead."
+    frozen = get_recipe(cfg['pretrained']).schedule in ('fine_tune', 'head_then_last')
+    return dict(schedule='one_cycle') if frozen else {}
+
+
 def bench_cls(workflow, tmp, runs=RUNS, save=lambda res: None):
     cfg, df = CLS[workflow], items(workflow)
     todo = {'pretrained': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'pre'),
-            'scratch': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'scr', pretrained=False),
+            'scratch': lambda: cls_run(df, cfg['pretrained'], cfg, Path(tmp)/'scr', pretrained=False, **_unfrozen(cfg)),
             'seed_net': lambda: cls_run(df, cfg['seed_net'], cfg, Path(tmp)/'seed', pretrained=False)}
     res = dict(settings=cls_settings(workflow, df))
+    if _unfrozen(cfg): res['settings']['scratch_overrides'] = {**_unfrozen(cfg), 'why': _unfrozen.__doc__}
     for k in runs:
         res[k] = todo[k](); save(res)
     return res
@@ -256,6 +293,15 @@ def table(res):
                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
                         f"{r.get('epochs_run', st.get('epochs'))} of {st.get('epochs')} ep, bs {st.get('bs')}; "
                         f"{st.get('split')} |")
+    lp = res.get('mri', {}).get('lopo', {})
+    for k in RUNS:
+        if k in lp:
+            r = lp[k]
+            rows.append(f"| mri, leave one Ljubljana patient out | {k} | `{CLS['mri']['pretrained']}`"
+                        f"{' (scratch)' if k == 'scratch' else ''} | volume accuracy {r['volume_accuracy']:.3f} "
+                        f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] over {r['n_volumes']} volumes | | "
+                        f"{lp['settings']['size']} px, {lp['settings']['epochs']} ep, bs {lp['settings']['bs']}; "
+                        f"{lp['settings']['split']} |")
     for key, lv in sorted((k, v) for k, v in res.get('covid', {}).items() if k.startswith('lovo')):
         st = lv['settings']
         for k in ('pretrained', 'scratch'):
@@ -275,6 +321,7 @@ def main(argv=None):
     ap.add_argument('--lovo', action='store_true')
     ap.add_argument('--lovo-kw', default='', help='JSON recipe overrides for a LOVO variant, e.g. {"augs": "none"}')
     ap.add_argument('--lovo-runs', default='pretrained,scratch')
+    ap.add_argument('--lopo', action='store_true', help='MRI: leave one Ljubljana patient out (runs from --lovo-runs)')
     ap.add_argument('--runs', default=','.join(RUNS), help="subset of pretrained,scratch,seed_net (separate processes); '' runs none")
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'transfer.json'))
     ap.add_argument('--table', action='store_true', help='print the README table of --out and exit')
@@ -307,6 +354,7 @@ def main(argv=None):
                 lovo_study(shared_data('covid-ct-png'), 970, COVID, tmp, COVID['epochs'], runs=tuple(a.lovo_runs.split(',')),
                            tag=tag, save=sv, **kw)
             elif w == 'covid': bench_covid(tmp, a.lovo, runs=runs, save=sv)
+            elif w == 'mri' and a.lopo: mri_lopo(tmp, runs=tuple(a.lovo_runs.split(',')), save=sv)
             else: bench_cls(w, tmp, runs=runs, save=sv)
         save(w, {f"wall_s_{'+'.join(runs + ['lovo'] * a.lovo)}": round(time.time() - t0)})
 

@@ -24,7 +24,8 @@ def test_gpu_bench_smoke(tmp_path):
         m = r['fp32']
         assert 'error' not in m, (key, m)
         assert m['s_per_step'] > 0 and m['model_only_s_per_step'] > 0, (key, m)
-        assert abs(m['images_per_s'] - r['bs'] / m['s_per_step']) <= 0.01 * m['images_per_s']
+        # both figures are rounded (1 decimal / 4 decimals): agree within the rounding, or 1 %
+        assert abs(m['images_per_s'] - r['bs'] / m['s_per_step']) <= max(0.01 * m['images_per_s'], 0.06)
         assert r['step_over_model_only'] == m['step_over_model_only']
         assert m['last_loss'] == m['last_loss']   # finite, not NaN
     assert res['epoch']['n_slices'] == 12 and res['epoch']['train_time_s'] > 0
