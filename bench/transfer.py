@@ -250,6 +250,20 @@ def bench_covid(tmp, lovo=False, lovo_epochs=COVID['epochs'], runs=RUNS, save=la
     return res
 
 
+def neighbour_study(data, n, cfg, tmp, runs=('pretrained', 'scratch'), save=lambda res: None):
+    "The flattering split: train on every `stride`-th slice of ALL volumes, validate on slices halfway between them."
+    st = cfg['stride']
+    split = [list(range(0, n, st)), list(range(st // 2, n, 2 * st))]
+    out = dict(settings=dict(split=f'train: every {st}th slice of all volumes ({len(split[0])}); valid: slices {st // 2} '
+                                   f'apart from a training slice, every {2 * st}th ({len(split[1])}) — neighbours of '
+                                   'training slices, the split that flatters', size=cfg['size'], epochs=cfg['epochs'],
+                             bs=cfg['bs']))
+    for k in runs:
+        pre = {} if k == 'pretrained' else dict(pretrained=False)
+        out[k] = seg_run(data, cfg['pretrained'], cfg, Path(tmp)/f'nb{k}', split, arch=cfg['arch'], **pre)
+        save({'neighbours': out})
+
+
 def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag='', save=lambda res: None, **kw):
     "Leave-one-volume-out over the README's volumes: each held out once, trained on (every `stride`-th slice of) the rest."
     from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
@@ -293,6 +307,14 @@ def table(res):
                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
                         f"{r.get('epochs_run', st.get('epochs'))} of {st.get('epochs')} ep, bs {st.get('bs')}; "
                         f"{st.get('split')} |")
+    nb = res.get('covid', {}).get('neighbours', {})
+    for k in ('pretrained', 'scratch'):
+        if k in nb:
+            r = nb[k]
+            rows.append(f"| covid, neighbouring slices | {k} | `{COVID['pretrained']}` as `{COVID['arch']}`"
+                        f"{' (scratch)' if k == 'scratch' else ''} | lesion_dice {r['lesion_dice']:.3f} "
+                        f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['s_per_epoch']} | {nb['settings']['size']} px, "
+                        f"{nb['settings']['epochs']} ep, bs {nb['settings']['bs']}; {nb['settings']['split']} |")
     lp = res.get('mri', {}).get('lopo', {})
     for k in RUNS:
         if k in lp:
@@ -321,6 +343,7 @@ def main(argv=None):
     ap.add_argument('--lovo', action='store_true')
     ap.add_argument('--lovo-kw', default='', help='JSON recipe overrides for a LOVO variant, e.g. {"augs": "none"}')
     ap.add_argument('--lovo-runs', default='pretrained,scratch')
+    ap.add_argument('--neighbours', action='store_true', help='COVID: validate on neighbours of training slices')
     ap.add_argument('--lopo', action='store_true', help='MRI: leave one Ljubljana patient out (runs from --lovo-runs)')
     ap.add_argument('--runs', default=','.join(RUNS), help="subset of pretrained,scratch,seed_net (separate processes); '' runs none")
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'transfer.json'))
@@ -353,6 +376,7 @@ def main(argv=None):
                 tag = '_'.join(f'{k}-{v}' for k, v in kw.items())
                 lovo_study(shared_data('covid-ct-png'), 970, COVID, tmp, COVID['epochs'], runs=tuple(a.lovo_runs.split(',')),
                            tag=tag, save=sv, **kw)
+            elif w == 'covid' and a.neighbours: neighbour_study(shared_data('covid-ct-png'), 970, COVID, tmp, save=sv)
             elif w == 'covid': bench_covid(tmp, a.lovo, runs=runs, save=sv)
             elif w == 'mri' and a.lopo: mri_lopo(tmp, runs=tuple(a.lovo_runs.split(',')), save=sv)
             else: bench_cls(w, tmp, runs=runs, save=sv)

@@ -73,3 +73,16 @@ def test_mri_lopo_pools_the_held_out_volumes(monkeypatch):
     r = saved[-1]['lopo']['pretrained']
     assert r['n_volumes'] == 6 and r['volume_accuracy'] == 0.5 and r['ci'] == [0.5, 0.5]   # same 1 of 2 per patient
     assert saved[0]['lopo']['pretrained']['n_volumes'] == 2 and saved[-1]['lopo']['settings']['done'] == 'patient19'
+
+
+def test_neighbour_split_validates_between_training_slices(monkeypatch):
+    m = _transfer()
+    calls, saved = [], []
+    monkeypatch.setattr(m, 'seg_run', lambda data, recipe, cfg, out, split, **kw: calls.append(split) or
+                        dict(lesion_dice=0.8, ci=[0.7, 0.9], n_valid=len(split[1]), s_per_epoch=1.0, best_epoch=0))
+    m.neighbour_study('data', 40, dict(m.COVID, stride=4), '/tmp', save=saved.append)
+    tr, va = calls[0]
+    assert tr == list(range(0, 40, 4)) and va == [2, 10, 18, 26, 34] and not set(tr) & set(va)
+    assert all(min(abs(v - t) for t in tr) == 2 for v in va)   # each validation slice sits 2 slices from a training one
+    rows = m.table({'covid': saved[-1]}).splitlines()
+    assert len(rows) == 4 and 'neighbouring slices' in rows[2]
