@@ -3,8 +3,8 @@
 Chest CT (seed 003, real data from ../shared/data/chest-ct when present, else a synthetic twin): `seed003-cnn` vs
 `chestct-cnn`, both at the same size / epochs / batch (overrides below), official train/valid folders, scored on the
 validation folder: macro F1 with a 95 % bootstrap CI over validation images (1000 resamples of the per-image
-(truth, prediction) pairs, rebuilt from the confusion matrix). The machine is 2 CPU cores shared by 7 developers, so
-the budget is tiny (see `BUDGET` in the JSON); the numbers compare pipelines at that budget, not the seeds' results.
+(truth, prediction) pairs, rebuilt from the confusion matrix). On a 2-core CPU the budget is small (see `budget` in
+the JSON; the committed run: 10 epochs at 128 px); the numbers compare pipelines at that budget, not the seeds' results.
 Usage: python bench/fidelity.py [--epochs N] [--size S]   → bench/results/fidelity.json
 """
 import argparse, json, sys, tempfile, time
