@@ -39,7 +39,7 @@ CLS = {'chestct': dict(pretrained='chestct-lite0', seed_net='chestct-cnn', size=
                        split='official train/valid folders'),
        # body part without the recipes' oversampling (each epoch would be ~9x longer): every run sees each image once
        'bodypart': dict(pretrained='bodypart-lite0', seed_net='bodypart-densenet121', size=128, epochs=6, bs=32,
-                        split='grouped by StudyInstanceUID, 20 % valid, seed 0', overrides=dict(sampler=None)),
+                        split='grouped by StudyInstanceUID, 20 % valid, seed 0', overrides=dict(sampler='none')),
        'mri': dict(pretrained='mri-lite0', seed_net='mri-cnn', size=128, epochs=6, bs=32,
                    split='train: mri-brats (3 cases) + mri-ljubljana patient01; valid: unseen Ljubljana patients 04, 19')}
 COVID = dict(pretrained='covid-unetpp-lite0', arch='unet-efflite0', seed_net='covid-unetpp-b3', size=128, epochs=6, bs=8,

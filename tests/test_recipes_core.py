@@ -115,6 +115,8 @@ def test_recipe_replace_and_json_roundtrip(tmp_path):
     with pytest.raises(MedvisionError, match='lacks required'): Recipe.from_dict({'name': 'x'})
     with pytest.raises(MedvisionError, match='schedule'): TOY.replace(schedule='cosine')
     with pytest.raises(MedvisionError, match='sampler'): TOY.replace(sampler='smote')
+    # train() ignores None overrides, so 'none' is how a run switches a recipe's sampler off
+    assert TOY.replace(sampler='oversample').replace(sampler='none').sampler is None
     with pytest.raises(MedvisionError, match='lr'): TOY.replace(lr=-1.0)
     with pytest.raises(MedvisionError, match='not valid JSON'): Recipe.from_json('{bad json')
 

@@ -69,7 +69,8 @@ class Recipe:
         if not isinstance(self.task, str) or not self.task: bad("`task` must be a non-empty string")
         self.schedule = SCHEDULE_ALIASES.get(self.schedule, self.schedule)   # a recipe.json from an older version
         if self.schedule not in SCHEDULES: bad(f"schedule {self.schedule!r} is not one of {list(SCHEDULES)}")
-        if self.sampler not in SAMPLERS: bad(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
+        if self.sampler == 'none': self.sampler = None   # the spelling that survives `train`'s None-is-unset overrides
+        if self.sampler not in SAMPLERS: bad(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)} (or 'none')")
         if self.amp not in ('auto', True, False, 'bf16'): bad(f"amp must be 'auto', True, False or 'bf16', got {self.amp!r}")
         for k,lo in [('n_in', 1), ('size', 1), ('bs', 1), ('epochs', 0), ('freeze_epochs', 0), ('seed', 0)]:
             v = getattr(self, k)
@@ -463,7 +464,7 @@ def train(recipe, # A `Recipe`, a registered name, or a recipe `.json`
           overwrite:bool=False, # Replace an earlier run already in `out` (otherwise that is an error: never lose work)
           show_progress:bool=True, # fastai progress bar and epoch table
           cbs=None, # Extra fastai callbacks
-          **overrides) -> dict: # Recipe fields to change (`epochs`, `size`, `bs`, `arch`, `pretrained`, `seed`, `lr`, ...); `None` values are ignored
+          **overrides) -> dict: # Recipe fields to change (`epochs`, `size`, `bs`, `arch`, `pretrained`, `seed`, `lr`, ...); `None` values are ignored (switch a sampler off with `sampler='none'`)
     "Train `recipe` on `data` into the model folder `out`; returns the metrics dict also written to `out/metrics.json`."
     recipe = get_recipe(recipe).replace(**{k: v for k,v in overrides.items() if v is not None})
     out = Path(out)
