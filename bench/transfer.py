@@ -291,6 +291,11 @@ def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag=''
                          **{k: mean_ci(v) for k, v in per.items()})})
 
 
+def _epochs(run, planned):
+    "'6 of 6 ep', or '1 frozen + 6 ep' where fine_tune's frozen epoch comes on top of the planned ones."
+    return f"{run - planned} frozen + {planned} ep" if run > planned else f"{run} of {planned} ep"
+
+
 def table(res):
     "The README table of a transfer.json dict (markdown)."
     rows = ["| workflow | run | model | metric (95 % CI) | s/epoch | settings |", "| --- | --- | --- | --- | --- | --- |"]
@@ -305,7 +310,7 @@ def table(res):
             net = f"`{r['recipe']}`" + (' as `unet-efflite0`' if w == 'covid' and k != 'seed_net' else '')
             rows.append(f"| {w} | {k} | {net}{' (scratch)' if not r['pretrained'] else ''} | {m} {r[m]:.3f} "
                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]{extra} | {r['s_per_epoch']} | {st.get('size')} px, "
-                        f"{r.get('epochs_run', st.get('epochs'))} of {st.get('epochs')} ep, bs {st.get('bs')}; "
+                        f"{_epochs(r.get('epochs_run', st.get('epochs')), st.get('epochs'))}, bs {st.get('bs')}; "
                         f"{st.get('split')} |")
     nb = res.get('covid', {}).get('neighbours', {})
     for k in ('pretrained', 'scratch'):
