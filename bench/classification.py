@@ -34,6 +34,7 @@ from medvision.models import create_model
 from medvision.data.classification import read_unifesp, read_chestct, split_name
 from medvision.data.mri import read_mri
 from medvision.recipes.core import get_recipe, train
+from medvision.learner import FROZEN_FIRST
 
 # Budget per workflow (full run: real data, ~15 min in all on 2 free CPU cores; --quick: synthetic, < 1 min).
 FULL = {'bodypart': dict(recipe='bodypart-tiny', size=64, epochs=8, bs=32, sampler='weighted'),
@@ -148,9 +149,8 @@ def medvision_run(df, cfg, out, seed=0):
     r = get_recipe(cfg['recipe'])
     # the recipe's own schedule; a frozen phase (fine_tune, head_then_last) needs a pretrained body, so from scratch
     # it becomes one-cycle
-    frozen = r.schedule in ('fine_tune', 'head_then_last')
     kw = dict(size=cfg['size'], epochs=cfg['epochs'], bs=cfg['bs'], pretrained=False,
-              schedule='one_cycle' if frozen else r.schedule, seed=seed)
+              schedule='one_cycle' if r.schedule in FROZEN_FIRST else r.schedule, seed=seed)
     if 'sampler' in cfg: kw['sampler'] = cfg['sampler']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

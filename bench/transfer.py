@@ -30,8 +30,11 @@ import numpy as np, pandas as pd, torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medvision.core import shared_data, atomic_write_text
 from medvision.recipes.core import get_recipe, train, load_model_dir
+from medvision.learner import FROZEN_FIRST
+from medvision.bootstrap import mean_ci
 
 RUNS = ('pretrained', 'scratch', 'seed_net')
+WEIGHTS = {'pretrained': {}, 'scratch': dict(pretrained=False)}   # the pair: same recipe, with and without ImageNet
 NOTE = ("CPU only, 2 cores shared with ~6 other developers' jobs running at the same time: s/epoch is inflated "
         "and noisy; quality numbers are unaffected. One seed per run.")
 # chest CT at the recipe's 160 px (~24 s/epoch for Lite0 on 2 idle cores)
@@ -69,7 +72,6 @@ def _s_per_epoch(res):
 # ---------------------------------------------------------------- classification
 def items(workflow):
     from medvision.data.classification import read_unifesp, read_chestct
-    from medvision.data.mri import read_mri
     if workflow == 'chestct': return read_chestct(shared_data('chest-ct'))
     if workflow == 'bodypart': return read_unifesp(shared_data('bodypart-unifesp'), check=False, seed=0)
     return mri_items(('patient04', 'patient19'), CLS['mri']['split'])
@@ -130,7 +132,7 @@ def partial_res(out, epochs_planned, metric='macro_f1'):
 
 def collect(workflow, run, out):
     "Score a still-running or stopped classification run from its folder `out` (its checkpoint and best weights)."
-    kw = {} if run == 'pretrained' else dict(pretrained=False)
+    kw = WEIGHTS.get(run, dict(pretrained=False))   # seed_net: from random weights too
     if workflow == 'covid':
         res = partial_res(out, COVID['epochs'], 'fg_dice')
         d = seg_score(shared_data('covid-ct-png'), get_recipe(COVID['seed_net' if run == 'seed_net' else 'pretrained']),
@@ -151,8 +153,7 @@ def mri_lopo(tmp, runs=('pretrained',), save=lambda res: None):
     for pat in ('patient01', 'patient04', 'patient19'):
         df = mri_items((pat,), f'LOPO: valid {pat}')
         for k in runs:
-            kw = {} if k == 'pretrained' else dict(pretrained=False)
-            rr = cls_run(df, cfg['pretrained'], cfg, Path(tmp)/f'lopo{pat}{k}', **kw)
+            rr = cls_run(df, cfg['pretrained'], cfg, Path(tmp)/f'lopo{pat}{k}', **WEIGHTS[k])
             per[k].update(rr['volumes'])
         out = {}
         for k, v in per.items():
@@ -175,8 +176,7 @@ def cls_settings(workflow, df):
 
 def _unfrozen(cfg):
     "From random weights a frozen first phase would train the head on noise: the scratch run gets one-cycle instead."
-    frozen = get_recipe(cfg['pretrained']).schedule in ('fine_tune', 'head_then_last')
-    return dict(schedule='one_cycle') if frozen else {}
+    return dict(schedule='one_cycle') if get_recipe(cfg['pretrained']).schedule in FROZEN_FIRST else {}
 
 
 def bench_cls(workflow, tmp, runs=RUNS, save=lambda res: None):
@@ -259,8 +259,7 @@ def neighbour_study(data, n, cfg, tmp, runs=('pretrained', 'scratch'), save=lamb
                                    'training slices, the split that flatters', size=cfg['size'], epochs=cfg['epochs'],
                              bs=cfg['bs']))
     for k in runs:
-        pre = {} if k == 'pretrained' else dict(pretrained=False)
-        out[k] = seg_run(data, cfg['pretrained'], cfg, Path(tmp)/f'nb{k}', split, arch=cfg['arch'], **pre)
+        out[k] = seg_run(data, cfg['pretrained'], cfg, Path(tmp)/f'nb{k}', split, arch=cfg['arch'], **WEIGHTS[k])
         save({'neighbours': out})
 
 
@@ -276,19 +275,39 @@ def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag=''
     for v in vols:
         sp = [list(s) for s in covid_split(n, v, cfg['stride'])]
         for k in runs:
-            pre = {} if k == 'pretrained' else dict(pretrained=False)
-            rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'{key}{v[0]}{k}', sp, arch=cfg['arch'], **pre, **rkw)
+            rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'{key}{v[0]}{k}', sp, arch=cfg['arch'], **WEIGHTS[k], **rkw)
             per[k].append(dict(volume=f"{v[0]}-{v[1]-1}", n_valid=rr['n_valid'], lesion_dice=rr['lesion_dice'],
                                ci=rr['ci'], s_per_epoch=rr['s_per_epoch'], best_epoch=rr['best_epoch']))
-        def mean_ci(v):   # mean over volumes, 95 % CI by resampling volumes
-            d = np.asarray([o['lesion_dice'] for o in v])
-            return dict(mean_lesion_dice=round(float(d.mean()), 4), ci=bootstrap(np.arange(len(d)), lambda i: d[i].mean()),
-                        per_volume=v)
         save({key: dict(settings=dict(volumes=[f"{a}-{c-1}" for a, c in vols], done=len(per[runs[0]]), epochs=epochs,
                                        size=c2['size'], bs=c2['bs'], train_stride=cfg['stride'], overrides=rkw,
                                        note='each volume held out once, trained on every '
                                             f"{cfg['stride']}th slice of all others; mean over volumes, CI by volume"),
-                         **{k: mean_ci(v) for k, v in per.items()})})
+                         **lovo_summary(per))})
+
+
+def _ci(values):
+    "[lo, hi] of the mean of per-volume `values` (medvision's bootstrap by unit), rounded for the JSON."
+    c = mean_ci(values)
+    return [round(c['lo'], 4), round(c['hi'], 4)] if c else None
+
+
+def lovo_summary(per):
+    "Per run: the mean lesion Dice over held-out volumes with its CI; and pretrained − scratch paired by volume."
+    out = {k: dict(mean_lesion_dice=round(float(np.mean([o['lesion_dice'] for o in v])), 4),
+                   ci=_ci([o['lesion_dice'] for o in v]), per_volume=v) for k, v in per.items()}
+    if per.get('pretrained') and len(per.get('scratch', [])) == len(per['pretrained']):
+        d = [a['lesion_dice'] - b['lesion_dice'] for a, b in zip(per['pretrained'], per['scratch'])]
+        out['pretrained_minus_scratch'] = dict(mean=round(float(np.mean(d)), 4), ci=_ci(d),
+                                               volumes_won=int(sum(x > 0 for x in d)), n_volumes=len(d))
+    return out
+
+
+def variant_vs_base(variant, base, run='pretrained'):
+    "A LOVO variant's `run` minus the base study's, paired by held-out volume (both must cover the same volumes)."
+    a, b = variant[run]['per_volume'], base[run]['per_volume']
+    if [o['volume'] for o in a] != [o['volume'] for o in b]: return None
+    d = [x['lesion_dice'] - y['lesion_dice'] for x, y in zip(a, b)]
+    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), n_volumes=len(d), run=run)
 
 
 def _epochs(run, planned):
@@ -379,8 +398,12 @@ def main(argv=None):
             if w == 'covid' and a.lovo_kw:   # a LOVO variant only, stored under lovo_<overrides>
                 kw = json.loads(a.lovo_kw)
                 tag = '_'.join(f'{k}-{v}' for k, v in kw.items())
-                lovo_study(shared_data('covid-ct-png'), 970, COVID, tmp, COVID['epochs'], runs=tuple(a.lovo_runs.split(',')),
-                           tag=tag, save=sv, **kw)
+                runs_ = tuple(a.lovo_runs.split(','))
+                lovo_study(shared_data('covid-ct-png'), 970, COVID, tmp, COVID['epochs'], runs=runs_, tag=tag, save=sv, **kw)
+                cov = json.loads(out.read_text())['covid']
+                if 'lovo' in cov and runs_[0] in cov['lovo']:   # paired by volume against the base study
+                    sv({f'lovo_{tag}': {**cov[f'lovo_{tag}'], 'minus_base': variant_vs_base(cov[f'lovo_{tag}'], cov['lovo'],
+                                                                                            runs_[0])}})
             elif w == 'covid' and a.neighbours: neighbour_study(shared_data('covid-ct-png'), 970, COVID, tmp, save=sv)
             elif w == 'covid': bench_covid(tmp, a.lovo, runs=runs, save=sv)
             elif w == 'mri' and a.lopo: mri_lopo(tmp, runs=tuple(a.lovo_runs.split(',')), save=sv)

@@ -25,9 +25,9 @@ from .callbacks import (save_weights, load_weights, check_state_dict, set_rng_st
                                  CheckpointCallback, FiniteLossCallback, CHECKPOINT_FORMAT)
 
 # %% auto #0
-__all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'SCHEDULE_ALIASES', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW', 'make_learner',
-           'load_checkpoint', 'resume', 'freeze_regime', 'MaxSteps', 'find_lr', 'fit_schedule', 'load_exported',
-           'save_weights', 'load_weights']
+__all__ = ['FREEZE_REGIMES', 'SCHEDULES', 'SCHEDULE_ALIASES', 'FROZEN_FIRST', 'TrainingInterrupted', 'MedvisionLearner', 'AdamW',
+           'make_learner', 'load_checkpoint', 'resume', 'freeze_regime', 'MaxSteps', 'planned_epochs', 'find_lr',
+           'fit_schedule', 'load_exported', 'save_weights', 'load_weights']
 
 # %% ../nbs/30_learner.ipynb #427536e3
 _all_ = ['save_weights', 'load_weights']
@@ -314,6 +314,11 @@ def _fit_constant(learn, schedule, epochs, lr, freeze_epochs, start_epoch, find)
 # %% ../nbs/30_learner.ipynb #4cc0674b
 SCHEDULES = ('one_cycle', 'flat_cos', 'fine_tune', 'constant', 'head_then_last')
 SCHEDULE_ALIASES = {'seed000': 'fine_tune', 'seed003': 'head_then_last'}   # earlier names (older recipe.json files)
+FROZEN_FIRST = ('fine_tune', 'head_then_last')   # first phase: the head alone for `freeze_epochs`, on top of `epochs`
+
+def planned_epochs(schedule:str, epochs:int, freeze_epochs:int) -> int:
+    "Epochs a run of `schedule` trains in all: the frozen first phase comes on top of `epochs`."
+    return epochs + (freeze_epochs if SCHEDULE_ALIASES.get(schedule, schedule) in FROZEN_FIRST else 0)
 
 def find_lr(learn, show_plot:bool=False,
             suggest:str='valley') -> float: # fastai suggestion: 'valley', 'minimum' (seed 000: "el mínimo de pérdida"), 'steep', 'slide'

@@ -70,6 +70,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def bench_script():
+    "Import a script of `bench/` by name: `bench_script('gpu')` is bench/gpu.py as a module."
+    import importlib.util
+    from pathlib import Path
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f'bench_{name}', Path(__file__).resolve().parents[1]/'bench'/f'{name}.py')
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
+
+
+@pytest.fixture
 def shared_data():
     "Return a callable `name -> Path` that skips the test when ../shared/data/<name> is absent."
     from medvision.core import shared_data as _sd

@@ -1,21 +1,11 @@
 """`bench/gpu.py --smoke`: the GPU benchmark's whole path (synthetic data in each real layout, every seed recipe, the
 full-step and model-only timings, the one-epoch run) at tiny size on the CPU."""
-import importlib.util, json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+import json
 
 
-def _gpu_bench():
-    spec = importlib.util.spec_from_file_location('bench_gpu', ROOT/'bench'/'gpu.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_gpu_bench_smoke(tmp_path):
+def test_gpu_bench_smoke(tmp_path, bench_script):
     out = tmp_path/'gpu.json'
-    res = _gpu_bench().main(['--smoke', '--out', str(out), '--work', str(tmp_path/'data')])
+    res = bench_script('gpu').main(['--smoke', '--out', str(out), '--work', str(tmp_path/'data')])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert set(res['recipes']) == {'bodypart-densenet121', 'chestct-resnet50', 'chestct-inception3', 'covid-unetpp-b2',
                                    'covid-unetpp-b3', 'mri-cnn'}
@@ -31,9 +21,9 @@ def test_gpu_bench_smoke(tmp_path):
     assert res['epoch']['n_slices'] == 12 and res['epoch']['train_time_s'] > 0
 
 
-def test_gpu_bench_refuses_without_cuda_or_unknown_keys(tmp_path, capsys):
+def test_gpu_bench_refuses_without_cuda_or_unknown_keys(tmp_path, capsys, bench_script):
     import pytest, torch
-    mod = _gpu_bench()
+    mod = bench_script('gpu')
     with pytest.raises(SystemExit): mod.main(['--smoke', '--only', 'no-such-recipe', '--out', str(tmp_path/'x.json')])
     assert 'unknown recipe keys' in capsys.readouterr().err
     if not torch.cuda.is_available():

@@ -1,28 +1,18 @@
 """`bench/transfer.py`'s bookkeeping: splits never leak, the leave-one-volume-out study holds each volume out once and
 summarises by volume, and the README table shows every run (training itself is replaced by a recorder)."""
-import importlib.util, json
-from pathlib import Path
+import json
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _transfer():
-    spec = importlib.util.spec_from_file_location('bench_transfer', ROOT/'bench'/'transfer.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_covid_split_keeps_the_held_out_block_apart():
-    tr, va = _transfer().covid_split(20, (8, 12), stride=3)
+def test_covid_split_keeps_the_held_out_block_apart(bench_script):
+    tr, va = bench_script('transfer').covid_split(20, (8, 12), stride=3)
     assert va == [8, 9, 10, 11]
     assert tr == [0, 3, 6, 12, 15, 18] and not set(tr) & set(va)
 
 
-def test_bootstrap_by_group_brackets_the_estimate():
-    m = _transfer()
+def test_bootstrap_by_group_brackets_the_estimate(bench_script):
+    m = bench_script('transfer')
     x = np.r_[np.zeros(50), np.ones(50)]
     lo, hi = m.bootstrap(np.arange(100), lambda i: x[i].mean())
     assert lo < 0.5 < hi and hi - lo < 0.3
@@ -30,8 +20,8 @@ def test_bootstrap_by_group_brackets_the_estimate():
     assert m.bootstrap(np.zeros(100), lambda i: x[i].mean()) == [0.5, 0.5]
 
 
-def test_lovo_holds_each_volume_out_once(monkeypatch):
-    m = _transfer()
+def test_lovo_holds_each_volume_out_once(monkeypatch, bench_script):
+    m = bench_script('transfer')
     calls, saved = [], []
     def fake_run(data, recipe, cfg, out, split, **kw):
         calls.append((split, kw, cfg))
@@ -54,13 +44,18 @@ def test_lovo_holds_each_volume_out_once(monkeypatch):
     lo, hi = res['pretrained']['ci']
     assert lo <= res['pretrained']['mean_lesion_dice'] <= hi
     assert res['scratch']['mean_lesion_dice'] < res['pretrained']['mean_lesion_dice']
+    pair = res['pretrained_minus_scratch']   # paired by volume: the fake gives pretrained +0.2 - 0.001 on each
+    assert pair['volumes_won'] == n_vol and abs(pair['mean'] - 0.199) < 1e-9 and pair['ci'][0] <= pair['mean'] <= pair['ci'][1]
+    assert m.variant_vs_base(res, res) == dict(mean=0.0, ci=[0.0, 0.0], n_volumes=n_vol, run='pretrained')
+    part = {'pretrained': {'per_volume': res['pretrained']['per_volume'][:3]}}   # a study stopped after 3 volumes
+    assert m.variant_vs_base(part, res) is None   # not the same held-out volumes: no pairing
     rows = m.table({'covid': saved[-1]}).splitlines()
     assert len(rows) == 4 and 'held-out volumes' in rows[2] and '"augs": "none"' in rows[3]
     json.dumps(saved[-1])   # the JSON file can hold it
 
 
-def test_mri_lopo_pools_the_held_out_volumes(monkeypatch):
-    m = _transfer()
+def test_mri_lopo_pools_the_held_out_volumes(monkeypatch, bench_script):
+    m = bench_script('transfer')
     seen, saved = [], []
     monkeypatch.setattr(m, 'mri_items', lambda held, name: held)
     def fake_run(df, recipe, cfg, out, **kw):
@@ -75,8 +70,8 @@ def test_mri_lopo_pools_the_held_out_volumes(monkeypatch):
     assert saved[0]['lopo']['pretrained']['n_volumes'] == 2 and saved[-1]['lopo']['settings']['done'] == 'patient19'
 
 
-def test_neighbour_split_validates_between_training_slices(monkeypatch):
-    m = _transfer()
+def test_neighbour_split_validates_between_training_slices(monkeypatch, bench_script):
+    m = bench_script('transfer')
     calls, saved = [], []
     monkeypatch.setattr(m, 'seg_run', lambda data, recipe, cfg, out, split, **kw: calls.append(split) or
                         dict(lesion_dice=0.8, ci=[0.7, 0.9], n_valid=len(split[1]), s_per_epoch=1.0, best_epoch=0))

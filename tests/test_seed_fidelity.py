@@ -124,6 +124,7 @@ def _check_run(res, name):
     r = get_recipe(name)
     planned = 2 if r.schedule in ('fine_tune', 'head_then_last') else 1
     assert res['epochs_run'] == planned and len(res['history']) == planned
+    assert res['epochs_planned'] == planned and not res['stopped_early']   # the frozen phase counts in the plan
     assert all(np.isfinite(h['train_loss']) for h in res['history'])
     assert res['monitor'] == r.monitor
 

@@ -17,7 +17,7 @@ import torch
 from ..core import MedvisionError, seed_everything, atomic_write, atomic_write_text, check_exists, default_device
 from ..callbacks import to_plain, check_finite_model
 from ..io import list_files
-from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, SCHEDULE_ALIASES, MaxSteps
+from ..learner import make_learner, resume as resume_learner, fit_schedule, load_weights, save_weights, SCHEDULES, SCHEDULE_ALIASES, planned_epochs, MaxSteps
 from functools import partial
 from fastcore.foundation import L
 from ..tta import FlipTTA, ProbEnsemble, tta_flips
@@ -445,7 +445,7 @@ def _run(task, recipe, data, out:Path, resume, show_progress, cbs):
     else:
         with learn.no_bar(): final = task.evaluate_dl(learn, dls.valid, recipe, out)
     hist,sb,es = learn.mv_history,getattr(learn, 'save_best', None),getattr(learn, 'early_stop', None)
-    planned = recipe.epochs + (recipe.freeze_epochs if recipe.schedule == 'fine_tune' else 0)
+    planned = planned_epochs(recipe.schedule, recipe.epochs, recipe.freeze_epochs)
     done = sorted({r['epoch'] for r in hist})
     cols = list(dict.fromkeys(k for r in hist for k in r))
     res = {'recipe': recipe.name, 'task': recipe.task, 'data': _data_str(data), 'split': info['split'],
