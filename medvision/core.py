@@ -13,8 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['SEG_CLASSES', 'SEG_FG', 'LESION_CLASSES', 'BODY_PARTS', 'CHESTCT_CLASSES', 'MRI_CLASSES', 'MedvisionError',
            'seed_everything', 'atomic_write', 'atomic_save', 'atomic_write_text', 'atomic_save_npy', 'cache_dir',
-           'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device', 'loader_kw',
-           'orient_array']
+           'file_identity', 'cache_key', 'cache_seal', 'cache_valid', 'shared_data', 'check_exists', 'default_device',
+           'loader_kw', 'orient_array']
 
 # %% ../nbs/00_core.ipynb #6b41c347
 class MedvisionError(ValueError):
@@ -100,12 +100,17 @@ def cache_dir(*parts:str) -> Path:
     return d
 
 # %% ../nbs/00_core.ipynb #d2f8889e
+def file_identity(fn) -> list:
+    "`[resolved path, size, mtime_ns]` of `fn`: what makes a cached copy of it stale."
+    try: st = Path(fn).stat()
+    except OSError as e: raise MedvisionError(f"cannot read ({e.strerror})", fn) from None
+    return [str(Path(fn).resolve()), st.st_size, st.st_mtime_ns]
+
 def cache_key(fn, # The source file the cached entry is derived from
               **params) -> str: # Every setting that changes the derived result
-    "Key of a cache entry: the source's resolved path, size and mtime, plus `params` (sorted) — hashed."
+    "Key of a cache entry: the source's `file_identity` plus `params` (sorted) — hashed."
     import hashlib, json
-    fn = Path(fn); st = fn.stat()
-    desc = json.dumps([str(fn.resolve()), st.st_size, st.st_mtime_ns, params], sort_keys=True, default=str)
+    desc = json.dumps([*file_identity(fn), params], sort_keys=True, default=str)
     return hashlib.sha256(desc.encode()).hexdigest()[:20]
 
 # %% ../nbs/00_core.ipynb #27097de0

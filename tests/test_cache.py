@@ -1,5 +1,7 @@
 "The derived-file cache is private and checked: 0700 folders, entries named by key only, tampered entries rebuilt."
 import os, stat
+
+import pytest
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,15 @@ def test_predict_through_the_command_keeps_the_cache_private_and_checked(tmp_pat
     again = ok(mv('predict', '--model', tmp_path/'m', named, '--csv', tmp_path/'b.csv', env=env))
     assert (tmp_path/'a.csv').read_text() == (tmp_path/'b.csv').read_text()   # the tampered entry was rebuilt
     assert all(np.asarray(Image.open(f)).any() for f in sorted(cache.rglob('*.png')))
+
+
+def test_one_file_identity_for_every_cache(tmp_path):
+    "A cache entry's key and the image cache's file list share one notion of staleness; a missing source names itself."
+    from medvision.core import MedvisionError, file_identity
+    from medvision.data.cache import source_ids
+    src = tmp_path/'v.nii'; src.write_bytes(b'x' * 10)
+    assert source_ids([src]) == [file_identity(src)] and file_identity(src)[1] == 10
+    before = cache_key(src, axis=2)
+    os.utime(src, ns=(0, 0))
+    assert cache_key(src, axis=2) != before and source_ids([src])[0][2] == 0
+    with pytest.raises(MedvisionError, match='cannot read'): cache_key(tmp_path/'missing.nii')

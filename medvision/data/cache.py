@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from ..core import MedvisionError, cache_dir, cache_seal, cache_valid, atomic_write_text
+from ..core import MedvisionError, cache_dir, cache_seal, cache_valid, atomic_write_text, file_identity
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'fit_longest', 'source_ids', 'images_key', 'ImageCache', 'cache_info', 'cache_clear']
@@ -30,13 +30,8 @@ def fit_longest(a:np.ndarray, # uint8 image (H,W) or (H,W,C)
 
 # %% ../../nbs/09_data.cache.ipynb #c6fffe62
 def source_ids(fns) -> list:
-    "`[resolved path, size, mtime_ns]` of each file: what makes a cached copy stale."
-    out = []
-    for f in fns:
-        try: st = Path(f).stat()
-        except OSError as e: raise MedvisionError(f"cannot read ({e.strerror})", f) from None
-        out.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
-    return out
+    "`file_identity` of each file: a changed one makes the whole entry stale."
+    return [file_identity(f) for f in fns]
 
 def images_key(fns, # Source files, in item order
                **params) -> str: # Every setting that changes the stored pixels
