@@ -1,5 +1,12 @@
 #!/usr/bin/env python
-"""Seed 004's COVID-CT training loop, as written (plain PyTorch), against the medvision recipe `covid-unetpp-b3`.
+"""A seed-style plain PyTorch COVID-CT training loop against the medvision recipe `covid-unetpp-b3` (issue 4).
+
+The hand-written loop is the kind of code the seed notebooks hold (arrays in RAM, a torch Dataset with numpy
+augmentation, a lesion-weighted `WeightedRandomSampler`, smp UNet++, CE + Dice + Focal, AdamW + OneCycleLR) — the
+baseline medvision replaces, NOT seed 004 choice by choice: its augmentations are a generic albumentations list
+(flips, 90° turns, shift-scale-rotate ±180°, brightness/contrast 0.2 at p .5), its CE is unweighted, its focal is
+softmax γ 2, lr 1e-3 / wd 1e-2 and the split is the dataset's default. The faithful seed 004 pipeline
+is the `seed004-unetpp-b3` recipe; `bench/fidelity.py` compares it with `covid-unetpp-b3`.
 
 Both train on the same slices, same split, same size, epochs, batch size, learning rate and model architecture,
 in one run; both are then scored by the SAME code (`medvision.metrics.seg_confusion` + `seg_summary`) on the
@@ -29,7 +36,7 @@ import torch.nn.functional as F
 
 
 # =====================================================================================================
-# Seed 004, as written: arrays in RAM, a torch Dataset with albumentations-style numpy augmentation,
+# The seed-style loop (not seed 004 exactly, see above): arrays in RAM, a torch Dataset with albumentations-style numpy augmentation,
 # WeightedRandomSampler (lesion slices x3), smp UNet++, CE + Dice + Focal, AdamW + OneCycleLR.
 # (albumentations/cv2 are not installed here, so the few transforms the seed uses are written out in
 # numpy/scipy/PIL with the same parameters.)
@@ -137,7 +144,7 @@ def dice_coef(logits, targets, n_fg):   # the seed's per-epoch validation score 
 
 
 def seed_loop(src, train_items, valid_items, n_classes, n_fg, arch, size, bs, epochs, lr, seed, steps, hist, out):
-    """Seed 004's training loop on `src` items, as a generator that yields after every optimiser step (so a
+    """The seed-style training loop on `src` items, as a generator that yields after every optimiser step (so a
     harness can interleave it with another run); appends step times to `steps`, epochs to `hist`, and puts the
     trained model (best epoch by the seed's own val dice) and its preprocessing into `out`."""
     import segmentation_models_pytorch as smp

@@ -128,9 +128,8 @@ def _check_run(res, name):
     assert all(np.isfinite(h['train_loss']) for h in res['history'])
     assert res['monitor'] == r.monitor
 
-FAST = ('seed002-cnn', 'seed003-cnn')   # the others take > 20 s on 2 shared cores: slow (fast: forward/backward below)
-
-@pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(TINY)])
+# every faithful recipe, one epoch per phase: 13 s together on 2 idle cores (the own-network runs below add 18 s: slow)
+@pytest.mark.parametrize('name', sorted(TINY))
 def test_one_epoch_tiny(name, twins, tmp_path):
     data, kw = TINY[name]
     res = train(name, twins[data], tmp_path/'run', show_progress=False, **kw)

@@ -1,0 +1,68 @@
+"""`bench/fidelity.py`'s bookkeeping: the COVID comparison changes only what the data and budget force, holds each
+volume out once for both recipes alike, pairs them by volume, and merges workflows into one JSON (training itself is
+replaced by a recorder)."""
+import json
+
+import numpy as np
+
+
+def test_covid_recipe_changes_only_the_network_and_sources(bench_script):
+    m = bench_script('fidelity')
+    from medvision.recipes.core import get_recipe
+    for name in m.PAIRS['covid']:
+        reg, r = get_recipe(name), m.covid_recipe(name, 'unetpp-efflite0')
+        assert r.arch == 'unetpp-efflite0' and 'sources' not in r.extra
+        for k in ('loss', 'lr', 'wd', 'bs', 'schedule', 'augs', 'sampler', 'monitor', 'split', 'size', 'epochs'):
+            assert getattr(r, k) == getattr(reg, k), (name, k)
+        kept = {k: v for k, v in reg.extra.items() if k not in ('sources', 'n_overlays')}
+        assert kept.items() <= r.extra.items()
+        assert m.covid_recipe(name, 'native').arch == reg.arch
+    seed = m.covid_recipe('seed004-unetpp-b3', 'native')
+    assert seed.loss['gamma'] == 2.5 and seed.extra['stats'] == 'all' and seed.extra['lesion_rule'] == 'seed004'
+
+
+def test_covid_lovo_pairs_both_recipes_by_volume(monkeypatch, bench_script, tmp_path):
+    m = bench_script('fidelity')
+    calls, saved = [], []
+    def fake_train(r, data, out, **kw):
+        calls.append((r.name, kw))
+        return {'history': [{'fg_dice': 0.1}, {'fg_dice': 0.3 if r.name.startswith('seed') else 0.2}]}
+    def fake_score(data, r, out, res):
+        dice = (0.5 if r.name.startswith('seed') else 0.6) + len(calls) / 1000
+        n_valid = len(calls[-1][1]['split'][1])
+        return dict(lesion_dice=dice, ci=[0.1, 0.9], n_valid=n_valid, best_epoch=0, s_per_epoch=1.)
+    monkeypatch.setattr(m, 'train', fake_train)
+    monkeypatch.setattr(m, 'seg_score', fake_score)
+    monkeypatch.setattr(m, 'shared_data', lambda name: tmp_path)
+    res = m.bench_covid(tmp_path, epochs=2, size=96, save=saved.append)
+    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
+    n_vol = len(COVID_PNG_BOUNDARIES) + 1
+    assert len(calls) == 2 * n_vol and len(saved) == n_vol   # saved after every volume: a stopped run keeps its part
+    assert [c[0] for c in calls] == list(m.PAIRS['covid']) * n_vol
+    for (_, a), (_, b) in zip(calls[::2], calls[1::2]):
+        assert a == b and a['size'] == 96 and a['epochs'] == 2   # both recipes: same slices, size, epochs
+        tr, va = a['split']
+        assert not set(tr) & set(va)
+    held = sorted(i for _, kw in calls[::2] for i in kw['split'][1])
+    assert held == list(range(970))   # every slice validated exactly once
+    per = res['runs']['seed004-unetpp-b3']
+    mean = round(float(np.mean([o['lesion_dice'] for o in per])), 4)
+    assert res['summary']['seed004-unetpp-b3']['mean_lesion_dice'] == mean
+    d = res['faithful_minus_recommended']   # the fake: faithful 0.5 + k/1000, recommended 0.6 + (k+1)/1000
+    assert d['volumes_faithful_better'] == 0 and d['n_volumes'] == n_vol
+    assert abs(d['mean'] + 0.101) < 1e-9 and d['ci'][0] <= d['mean'] <= d['ci'][1]
+    last = res['faithful_minus_recommended_last_epoch']   # the last epoch's Dice, not the kept epoch's
+    assert last['mean'] == 0.1 and last['volumes_faithful_better'] == n_vol
+    assert res['summary']['covid-unetpp-b3']['mean_last_epoch_lesion_dice'] == 0.2
+    one = m.bench_covid(tmp_path, epochs=1, size=64, volumes=[7])
+    assert [o['volume'] for o in one['runs']['covid-unetpp-b3']] == ['789-969']
+
+
+def test_workflows_merge_into_one_json(bench_script, tmp_path):
+    m = bench_script('fidelity')
+    out = tmp_path/'fidelity.json'
+    m.save_workflow('chestct', {'runs': {'a': 1}}, out)
+    m.save_workflow('covid', {'runs': {'b': 2}}, out)
+    m.save_workflow('covid', {'runs': {'b': 3}}, out)
+    d = json.loads(out.read_text())
+    assert d['chestct'] == {'runs': {'a': 1}} and d['covid'] == {'runs': {'b': 3}} and 'benchmark' in d
