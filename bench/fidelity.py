@@ -19,6 +19,8 @@
 On a 2-core CPU the budget is small (see `budget` in the JSON); the numbers compare pipelines at that budget, not the
 seeds' results. Results are merged into the JSON per workflow.
 Usage: python bench/fidelity.py [--only chestct,covid] [--epochs N] [--size S]   → bench/results/fidelity.json
+       python bench/fidelity.py --only covid --runs seed004-unetpp-b3 --faithful-kw '{"lr": 0.001}'   (a variant of
+         the faithful recipe, stored under covid_{"lr": 0.001} and paired by volume with the base runs)
        python bench/fidelity.py --only covid --size 384 --epochs 20 --arch native   (a GPU: each recipe's own network)
 """
 import argparse, json, sys, tempfile, time
@@ -91,25 +93,36 @@ def covid_summary(runs):
     summ = {k: dict(mean_lesion_dice=mean(p, 'lesion_dice'), ci=_ci([o['lesion_dice'] for o in p]),
                     mean_last_epoch_lesion_dice=mean(p, 'last_epoch_lesion_dice'),
                     last_epoch_ci=_ci([o['last_epoch_lesion_dice'] for o in p]), n_volumes=len(p)) for k, p in runs.items()}
+    if not all(runs.get(k) for k in PAIRS['covid']): return dict(summary=summ)   # a variant run alone
     return dict(summary=summ, faithful_minus_recommended=covid_diff(runs),
                 faithful_minus_recommended_last_epoch=covid_diff(runs, 'last_epoch_lesion_dice'))
 
 
-def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volumes=None, save=lambda res: None):
-    "Leave-one-volume-out: `seed004-unetpp-b3` vs `covid-unetpp-b3`, both on the same slices, scored alike."
+def variant_vs(variant, other, key='lesion_dice'):
+    "A variant run's `key` minus another run's, paired by held-out volume (None unless they cover the same volumes)."
+    if [o['volume'] for o in variant] != [o['volume'] for o in other]: return None
+    d = [a[key] - b[key] for a, b in zip(variant, other)]
+    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), volumes_better=int(sum(x > 0 for x in d)), n_volumes=len(d))
+
+
+def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volumes=None, save=lambda res: None,
+                runs=PAIRS['covid'], faithful_kw=None):
+    """Leave-one-volume-out: `seed004-unetpp-b3` vs `covid-unetpp-b3`, both on the same slices, scored alike;
+    `faithful_kw` changes the faithful recipe (a variant, e.g. `{'lr': 1e-3}`), `runs` picks which recipes run."""
     from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
     data, n = shared_data('covid-ct-png'), 970
     if data is None: raise SystemExit('covid: ../shared/data/covid-ct-png is absent; nothing to compare')
     b = [0, *COVID_PNG_BOUNDARIES, n]
     vols = list(zip(b[:-1], b[1:]))
     if volumes: vols = [vols[i] for i in volumes]
-    recipes = {k: covid_recipe(k, arch) for k in PAIRS['covid']}
+    recipes = {k: covid_recipe(k, arch) for k in runs}
+    if faithful_kw: recipes[PAIRS['covid'][0]] = recipes[PAIRS['covid'][0]].replace(**faithful_kw)
     budget = dict(size=size, epochs=epochs, train_stride=stride, arch=arch,
                   pretrained='both: pretrained=True, the ImageNet encoder through the offline resolver',
                   note='same network, size, epochs and slices for both; each recipe keeps its own loss, optimiser, '
                        'schedule, batch, augmentations, sampler, standardisation and monitor',
                   batch={k: r.bs for k, r in recipes.items()}, lr={k: r.lr for k, r in recipes.items()},
-                  monitor={k: r.monitor for k, r in recipes.items()})
+                  monitor={k: r.monitor for k, r in recipes.items()}, faithful_overrides=faithful_kw or {})
     res = {'benchmark': 'seed 004, COVID CT lesion segmentation', 'data': 'real: ../shared/data/covid-ct-png',
            'budget': budget, 'split': 'leave one volume out (README boundaries); train on every '
            f'{stride}th slice of the other volumes, validate on every slice of the held-out one',
@@ -133,6 +146,16 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
     return res
 
 
+def with_base(res, out=OUT):
+    "A variant's results with its faithful run paired against the base study's runs (same held-out volumes)."
+    base = json.loads(out.read_text()).get('covid', {}).get('runs', {}) if out.exists() else {}
+    var = res['runs'].get(PAIRS['covid'][0])
+    if not var: return res
+    vs = {f'minus_{k}{sfx}': variant_vs(var, base[k], key) for k in PAIRS['covid'] if k in base
+          for sfx, key in (('', 'lesion_dice'), ('_last_epoch', 'last_epoch_lesion_dice'))}
+    return {**res, 'variant_vs_base': vs}
+
+
 def save_workflow(name, res, out=OUT):
     "Merge one workflow's results into the JSON (other workflows' results are kept)."
     d = json.loads(out.read_text()) if out.exists() else {}
@@ -148,6 +171,9 @@ def main(argv=None):
     ap.add_argument('--arch', default='unetpp-efflite0', help="covid network for both runs, or 'native' (each recipe's own)")
     ap.add_argument('--stride', type=int, default=4, help='covid: train on every stride-th slice')
     ap.add_argument('--volumes', default=None, help='covid: comma-separated volume indices 0-7 (default: all)')
+    ap.add_argument('--faithful-kw', default=None, help='covid: JSON overrides of the faithful recipe, a variant '
+                    'stored under covid_<overrides> and paired with the base runs, e.g. \'{"lr": 0.001}\'')
+    ap.add_argument('--runs', default=None, help='covid: comma-separated recipes to run (default both)')
     ap.add_argument('--out', default=str(OUT))
     a = ap.parse_args(argv)
     tmp, out = Path(tempfile.mkdtemp()), Path(a.out)
@@ -157,7 +183,11 @@ def main(argv=None):
             save_workflow(w, res, out)
         elif w == 'covid':
             vols = [int(i) for i in a.volumes.split(',')] if a.volumes else None
-            bench_covid(tmp, a.epochs or 10, a.size or 128, a.arch, a.stride, vols, save=lambda r: save_workflow(w, r, out))
+            kw = json.loads(a.faithful_kw) if a.faithful_kw else None
+            key = w + (f"_{json.dumps(kw, sort_keys=True)}" if kw else '')
+            runs = tuple(a.runs.split(',')) if a.runs else PAIRS['covid']
+            save = lambda r: save_workflow(key, with_base(r, out) if kw else r, out)
+            bench_covid(tmp, a.epochs or 10, a.size or 128, a.arch, a.stride, vols, save, runs, kw)
         else: raise SystemExit(f'unknown workflow {w!r}; one of {list(PAIRS)}')
     print(out.read_text())
 

@@ -66,3 +66,29 @@ def test_workflows_merge_into_one_json(bench_script, tmp_path):
     m.save_workflow('covid', {'runs': {'b': 3}}, out)
     d = json.loads(out.read_text())
     assert d['chestct'] == {'runs': {'a': 1}} and d['covid'] == {'runs': {'b': 3}} and 'benchmark' in d
+
+
+def test_a_faithful_variant_pairs_with_the_base_runs(monkeypatch, bench_script, tmp_path):
+    m = bench_script('fidelity')
+    seen = []
+    def fake_train(r, data, out, **kw):
+        seen.append(r)
+        return {'history': [{'fg_dice': 0.5}]}
+    monkeypatch.setattr(m, 'train', fake_train)
+    monkeypatch.setattr(m, 'seg_score', lambda data, r, out, res: dict(lesion_dice=0.7, ci=[0.6, 0.8], n_valid=3,
+                                                                        best_epoch=0, s_per_epoch=1.))
+    monkeypatch.setattr(m, 'shared_data', lambda name: tmp_path)
+    faithful = m.PAIRS['covid'][0]
+    res = m.bench_covid(tmp_path, epochs=1, volumes=[0, 7], runs=(faithful,), faithful_kw={'lr': 1e-3})
+    assert [r.name for r in seen] == [faithful] * 2 and all(r.lr == 1e-3 for r in seen)
+    assert set(res['runs']) == {faithful} and 'faithful_minus_recommended' not in res
+    assert res['budget']['faithful_overrides'] == {'lr': 1e-3}
+    out = tmp_path/'f.json'
+    base = lambda d: [dict(volume=v, lesion_dice=d, last_epoch_lesion_dice=d) for v in ('0-158', '789-969')]
+    m.save_workflow('covid', {'runs': {faithful: base(0.6), m.PAIRS['covid'][1]: base(0.8)}}, out)
+    vs = m.with_base(res, out)['variant_vs_base']
+    assert vs[f'minus_{faithful}']['mean'] == 0.1 and vs[f'minus_{faithful}']['volumes_better'] == 2
+    assert vs[f"minus_{m.PAIRS['covid'][1]}"]['mean'] == -0.1
+    assert vs[f'minus_{faithful}_last_epoch']['mean'] == -0.1   # last epoch 0.5 against the base's 0.6
+    short = {'runs': {faithful: res['runs'][faithful][:1]}}   # not the same volumes: no pairing
+    assert m.with_base(short, out)['variant_vs_base'][f'minus_{faithful}'] is None
