@@ -21,6 +21,7 @@ seeds' results. Results are merged into the JSON per workflow.
 Usage: python bench/fidelity.py [--only chestct,covid] [--epochs N] [--size S]   → bench/results/fidelity.json
        python bench/fidelity.py --only covid --runs seed004-unetpp-b3 --faithful-kw '{"lr": 0.001}'   (a variant of
          the faithful recipe, stored under covid_{"lr": 0.001} and paired by volume with the base runs)
+       add --resume to continue a stopped study from the volumes its JSON key already holds (same settings)
        python bench/fidelity.py --only covid --size 384 --epochs 20 --arch native   (a GPU: each recipe's own network)
 """
 import argparse, json, sys, tempfile, time
@@ -106,9 +107,10 @@ def variant_vs(variant, other, key='lesion_dice'):
 
 
 def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volumes=None, save=lambda res: None,
-                runs=PAIRS['covid'], faithful_kw=None):
+                runs=PAIRS['covid'], faithful_kw=None, prior=None):
     """Leave-one-volume-out: `seed004-unetpp-b3` vs `covid-unetpp-b3`, both on the same slices, scored alike;
-    `faithful_kw` changes the faithful recipe (a variant, e.g. `{'lr': 1e-3}`), `runs` picks which recipes run."""
+    `faithful_kw` changes the faithful recipe (a variant, e.g. `{'lr': 1e-3}`), `runs` picks which recipes run;
+    `prior` (a stopped study's saved result with the same settings) is continued: its volumes are not run again."""
     from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
     data, n = shared_data('covid-ct-png'), 970
     if data is None: raise SystemExit('covid: ../shared/data/covid-ct-png is absent; nothing to compare')
@@ -129,6 +131,14 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
            'score': 'pooled lesion Dice on the held-out volume (bench/transfer.py seg_score, same code for both) of the '
                     "epoch each recipe keeps by its own monitor (seen the same slices: optimistic) and of the last epoch",
            'runs': {k: [] for k in recipes}}
+    if prior:
+        if prior.get('budget') != budget or set(prior['runs']) != set(recipes) or prior.get('split') != res['split']:
+            raise SystemExit('--resume: the saved study was run with other settings; run it afresh without --resume')
+        res['runs'] = {k: list(p) for k, p in prior['runs'].items()}
+        done = {o['volume'] for p in res['runs'].values() for o in p}
+        if any({o['volume'] for o in p} != done for p in res['runs'].values()):
+            raise SystemExit('--resume: the saved recipes cover different volumes; run it afresh without --resume')
+        vols = [v for v in vols if f'{v[0]}-{v[1]-1}' not in done]
     for v in vols:
         sp = [list(s) for s in covid_split(n, v, stride)]
         for k, r in recipes.items():
@@ -174,6 +184,8 @@ def main(argv=None):
     ap.add_argument('--faithful-kw', default=None, help='covid: JSON overrides of the faithful recipe, a variant '
                     'stored under covid_<overrides> and paired with the base runs, e.g. \'{"lr": 0.001}\'')
     ap.add_argument('--runs', default=None, help='covid: comma-separated recipes to run (default both)')
+    ap.add_argument('--resume', action='store_true', help='covid: continue a stopped study (same settings) '
+                    'from its saved volumes')
     ap.add_argument('--out', default=str(OUT))
     a = ap.parse_args(argv)
     tmp, out = Path(tempfile.mkdtemp()), Path(a.out)
@@ -187,7 +199,9 @@ def main(argv=None):
             key = w + (f"_{json.dumps(kw, sort_keys=True)}" if kw else '')
             runs = tuple(a.runs.split(',')) if a.runs else PAIRS['covid']
             save = lambda r: save_workflow(key, with_base(r, out) if kw else r, out)
-            bench_covid(tmp, a.epochs or 10, a.size or 128, a.arch, a.stride, vols, save, runs, kw)
+            prior = json.loads(out.read_text()).get(key) if a.resume and out.exists() else None
+            if a.resume and prior is None: raise SystemExit(f'--resume: no saved {key!r} study in {out}')
+            bench_covid(tmp, a.epochs or 10, a.size or 128, a.arch, a.stride, vols, save, runs, kw, prior)
         else: raise SystemExit(f'unknown workflow {w!r}; one of {list(PAIRS)}')
     print(out.read_text())
 

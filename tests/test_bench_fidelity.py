@@ -92,3 +92,27 @@ def test_a_faithful_variant_pairs_with_the_base_runs(monkeypatch, bench_script, 
     assert vs[f'minus_{faithful}_last_epoch']['mean'] == -0.1   # last epoch 0.5 against the base's 0.6
     short = {'runs': {faithful: res['runs'][faithful][:1]}}   # not the same volumes: no pairing
     assert m.with_base(short, out)['variant_vs_base'][f'minus_{faithful}'] is None
+
+
+def test_a_stopped_study_resumes_from_its_saved_volumes(monkeypatch, bench_script, tmp_path):
+    m = bench_script('fidelity')
+    trained = []
+    def fake_train(r, data, out, **kw):
+        trained.append(kw['split'][1][0])   # the first held-out slice names the volume
+        return {'history': [{'fg_dice': 0.5}]}
+    monkeypatch.setattr(m, 'train', fake_train)
+    monkeypatch.setattr(m, 'seg_score', lambda data, r, out, res: dict(lesion_dice=0.7, ci=[0.6, 0.8], n_valid=3,
+                                                                        best_epoch=0, s_per_epoch=1.))
+    monkeypatch.setattr(m, 'shared_data', lambda name: tmp_path)
+    faithful, kw = (m.PAIRS['covid'][0],), {'lr': 1e-3}
+    stopped = json.loads(json.dumps(m.bench_covid(tmp_path, volumes=[0], runs=faithful, faithful_kw=kw)))
+    trained.clear()
+    res = m.bench_covid(tmp_path, volumes=[0, 7], runs=faithful, faithful_kw=kw, prior=stopped)
+    assert trained == [789]   # volume 0 is not run again
+    assert [o['volume'] for o in res['runs'][faithful[0]]] == ['0-158', '789-969']
+    assert res['summary'][faithful[0]]['n_volumes'] == 2
+    import pytest
+    with pytest.raises(SystemExit, match='other settings'):   # another budget is another study
+        m.bench_covid(tmp_path, epochs=3, volumes=[0, 7], runs=faithful, faithful_kw=kw, prior=stopped)
+    with pytest.raises(SystemExit, match='other settings'):
+        m.bench_covid(tmp_path, volumes=[0, 7], runs=faithful, faithful_kw={'lr': 2e-3}, prior=stopped)
