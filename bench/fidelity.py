@@ -20,7 +20,8 @@ On a 2-core CPU the budget is small (see `budget` in the JSON); the numbers comp
 seeds' results. Results are merged into the JSON per workflow.
 Usage: python bench/fidelity.py [--only chestct,covid] [--epochs N] [--size S]   → bench/results/fidelity.json
        python bench/fidelity.py --only covid --runs seed004-unetpp-b3 --faithful-kw '{"lr": 0.001}'   (a variant of
-         the faithful recipe, stored under covid_{"lr": 0.001} and paired by volume with the base runs)
+         the faithful recipe, stored under covid_{"lr": 0.001} and paired by volume with the base runs; `extra`
+         is merged, e.g. '{"extra": {"lesion_rule": null}}' drops one key)
        add --resume to continue a stopped study from the volumes its JSON key already holds (same settings)
        python bench/fidelity.py --only covid --size 384 --epochs 20 --arch native   (a GPU: each recipe's own network)
 """
@@ -106,6 +107,14 @@ def variant_vs(variant, other, key='lesion_dice'):
     return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), volumes_better=int(sum(x > 0 for x in d)), n_volumes=len(d))
 
 
+def variant(r, kw):
+    "Recipe `r` with fields `kw` replaced; `extra` is merged key by key (a key set to None is removed)."
+    if 'extra' in kw:
+        ex = {**(r.extra or {}), **kw['extra']}
+        kw = {**kw, 'extra': {k: v for k, v in ex.items() if v is not None}}
+    return r.replace(**kw)
+
+
 def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volumes=None, save=lambda res: None,
                 runs=PAIRS['covid'], faithful_kw=None, prior=None):
     """Leave-one-volume-out: `seed004-unetpp-b3` vs `covid-unetpp-b3`, both on the same slices, scored alike;
@@ -118,7 +127,7 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
     vols = list(zip(b[:-1], b[1:]))
     if volumes: vols = [vols[i] for i in volumes]
     recipes = {k: covid_recipe(k, arch) for k in runs}
-    if faithful_kw: recipes[PAIRS['covid'][0]] = recipes[PAIRS['covid'][0]].replace(**faithful_kw)
+    if faithful_kw: recipes[PAIRS['covid'][0]] = variant(recipes[PAIRS['covid'][0]], faithful_kw)
     budget = dict(size=size, epochs=epochs, train_stride=stride, arch=arch,
                   pretrained='both: pretrained=True, the ImageNet encoder through the offline resolver',
                   note='same network, size, epochs and slices for both; each recipe keeps its own loss, optimiser, '

@@ -116,3 +116,13 @@ def test_a_stopped_study_resumes_from_its_saved_volumes(monkeypatch, bench_scrip
         m.bench_covid(tmp_path, epochs=3, volumes=[0, 7], runs=faithful, faithful_kw=kw, prior=stopped)
     with pytest.raises(SystemExit, match='other settings'):
         m.bench_covid(tmp_path, volumes=[0, 7], runs=faithful, faithful_kw={'lr': 2e-3}, prior=stopped)
+
+
+def test_a_variant_merges_extra_key_by_key(bench_script):
+    m = bench_script('fidelity')
+    r = m.covid_recipe('seed004-unetpp-b3', 'unetpp-efflite0')
+    v = m.variant(r, {'extra': {'lesion_rule': None, 'lesion_weight': 2.0}, 'wd': 1e-2})
+    assert 'lesion_rule' not in v.extra and v.extra['lesion_weight'] == 2.0 and v.wd == 1e-2
+    assert {k: x for k, x in v.extra.items() if k not in ('lesion_rule', 'lesion_weight')} == \
+           {k: x for k, x in r.extra.items() if k not in ('lesion_rule', 'lesion_weight')}
+    assert r.extra['lesion_rule'] == 'seed004'   # the recipe itself is untouched
