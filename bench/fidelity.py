@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medvision.core import shared_data, atomic_write_text
 from medvision.recipes.core import train, get_recipe
-from transfer import covid_split, seg_score, _ci   # one split rule and one scorer for every COVID benchmark
+from transfer import covid_volumes, volume_label, covid_split, seg_score, _ci, paired_diff   # one split rule,
+# one scorer and one pairing for every COVID benchmark
 
 OUT = Path(__file__).parent/'results'/'fidelity.json'
 PAIRS = {'chestct': ('seed003-cnn', 'chestct-cnn'), 'covid': ('seed004-unetpp-b3', 'covid-unetpp-b3')}
@@ -78,10 +79,7 @@ def covid_recipe(name, arch):
 
 def covid_diff(per, key='lesion_dice'):
     "Faithful − recommended `key` (lesion Dice of the kept or of the last epoch), paired by held-out volume."
-    f, r = (per[k] for k in PAIRS['covid'])
-    d = [a[key] - b[key] for a, b in zip(f, r)]
-    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), volumes_faithful_better=int(sum(x > 0 for x in d)),
-                n_volumes=len(d))
+    return paired_diff(*(per[k] for k in PAIRS['covid']), key, won='volumes_faithful_better')
 
 
 def last_epoch_dice(res):
@@ -100,13 +98,6 @@ def covid_summary(runs):
                 faithful_minus_recommended_last_epoch=covid_diff(runs, 'last_epoch_lesion_dice'))
 
 
-def variant_vs(variant, other, key='lesion_dice'):
-    "A variant run's `key` minus another run's, paired by held-out volume (None unless they cover the same volumes)."
-    if [o['volume'] for o in variant] != [o['volume'] for o in other]: return None
-    d = [a[key] - b[key] for a, b in zip(variant, other)]
-    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), volumes_better=int(sum(x > 0 for x in d)), n_volumes=len(d))
-
-
 def variant(r, kw):
     "Recipe `r` with fields `kw` replaced; `extra` is merged key by key (a key set to None is removed)."
     if 'extra' in kw:
@@ -120,11 +111,9 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
     """Leave-one-volume-out: `seed004-unetpp-b3` vs `covid-unetpp-b3`, both on the same slices, scored alike;
     `faithful_kw` changes the faithful recipe (a variant, e.g. `{'lr': 1e-3}`), `runs` picks which recipes run;
     `prior` (a stopped study's saved result with the same settings) is continued: its volumes are not run again."""
-    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
     data, n = shared_data('covid-ct-png'), 970
     if data is None: raise SystemExit('covid: ../shared/data/covid-ct-png is absent; nothing to compare')
-    b = [0, *COVID_PNG_BOUNDARIES, n]
-    vols = list(zip(b[:-1], b[1:]))
+    vols = covid_volumes(n)
     if volumes: vols = [vols[i] for i in volumes]
     recipes = {k: covid_recipe(k, arch) for k in runs}
     if faithful_kw: recipes[PAIRS['covid'][0]] = variant(recipes[PAIRS['covid'][0]], faithful_kw)
@@ -147,7 +136,7 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
         done = {o['volume'] for p in res['runs'].values() for o in p}
         if any({o['volume'] for o in p} != done for p in res['runs'].values()):
             raise SystemExit('--resume: the saved recipes cover different volumes; run it afresh without --resume')
-        vols = [v for v in vols if f'{v[0]}-{v[1]-1}' not in done]
+        vols = [v for v in vols if volume_label(v) not in done]
     for v in vols:
         sp = [list(s) for s in covid_split(n, v, stride)]
         for k, r in recipes.items():
@@ -155,7 +144,7 @@ def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volu
             t0 = time.time()
             rr = train(r, data, out, size=size, epochs=epochs, split=sp, show_progress=False, overwrite=True)
             s = seg_score(data, r, out, rr)
-            res['runs'][k].append(dict(volume=f'{v[0]}-{v[1]-1}', n_valid=s['n_valid'], lesion_dice=s['lesion_dice'],
+            res['runs'][k].append(dict(volume=volume_label(v), n_valid=s['n_valid'], lesion_dice=s['lesion_dice'],
                                        ci=s['ci'], best_epoch=s['best_epoch'], s_per_epoch=s['s_per_epoch'],
                                        last_epoch_lesion_dice=last_epoch_dice(rr),
                                        train_time_s=round(time.time()-t0, 1)))
@@ -170,7 +159,7 @@ def with_base(res, out=OUT):
     base = json.loads(out.read_text()).get('covid', {}).get('runs', {}) if out.exists() else {}
     var = res['runs'].get(PAIRS['covid'][0])
     if not var: return res
-    vs = {f'minus_{k}{sfx}': variant_vs(var, base[k], key) for k in PAIRS['covid'] if k in base
+    vs = {f'minus_{k}{sfx}': paired_diff(var, base[k], key, won='volumes_better') for k in PAIRS['covid'] if k in base
           for sfx, key in (('', 'lesion_dice'), ('_last_epoch', 'last_epoch_lesion_dice'))}
     return {**res, 'variant_vs_base': vs}
 

@@ -192,6 +192,18 @@ def bench_cls(workflow, tmp, runs=RUNS, save=lambda res: None):
 
 
 # ---------------------------------------------------------------- COVID segmentation
+def covid_volumes(n):
+    "The (first, stop) slice range of each of the `n` COVID PNG slices' volumes (the README's boundaries)."
+    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
+    b = [0, *COVID_PNG_BOUNDARIES, n]
+    return list(zip(b[:-1], b[1:]))
+
+
+def volume_label(v):
+    "'first-last' slice of volume range `v`: the name that pairs runs by held-out volume in the JSON."
+    return f"{v[0]}-{v[1]-1}"
+
+
 def covid_split(n, valid, stride=1):
     "Training slices outside `valid` (every `stride`-th: neighbours are near-duplicates), validation slices inside it."
     va = [i for i in range(n) if valid[0] <= i < valid[1]]
@@ -226,7 +238,6 @@ def seg_score(data, r, out, res, **kw):
 
 
 def bench_covid(tmp, lovo=False, lovo_epochs=COVID['epochs'], runs=RUNS, save=lambda res: None):
-    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
     data = shared_data('covid-ct-png')
     n = 970
     cfg = COVID
@@ -265,9 +276,7 @@ def neighbour_study(data, n, cfg, tmp, runs=('pretrained', 'scratch'), save=lamb
 
 def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag='', save=lambda res: None, **kw):
     "Leave-one-volume-out over the README's volumes: each held out once, trained on (every `stride`-th slice of) the rest."
-    from medvision.data.seg_layouts import COVID_PNG_BOUNDARIES
-    b = [0, *COVID_PNG_BOUNDARIES, n]
-    vols = list(zip(b[:-1], b[1:]))
+    vols = covid_volumes(n)
     c2 = dict(cfg, epochs=epochs, **{k: v for k, v in kw.items() if k in ('size', 'bs')})
     rkw = {k: v for k, v in kw.items() if k not in ('size', 'bs')}
     per = {k: [] for k in runs}
@@ -276,9 +285,9 @@ def lovo_study(data, n, cfg, tmp, epochs, runs=('pretrained', 'scratch'), tag=''
         sp = [list(s) for s in covid_split(n, v, cfg['stride'])]
         for k in runs:
             rr = seg_run(data, cfg['pretrained'], c2, Path(tmp)/f'{key}{v[0]}{k}', sp, arch=cfg['arch'], **WEIGHTS[k], **rkw)
-            per[k].append(dict(volume=f"{v[0]}-{v[1]-1}", n_valid=rr['n_valid'], lesion_dice=rr['lesion_dice'],
+            per[k].append(dict(volume=volume_label(v), n_valid=rr['n_valid'], lesion_dice=rr['lesion_dice'],
                                ci=rr['ci'], s_per_epoch=rr['s_per_epoch'], best_epoch=rr['best_epoch']))
-        save({key: dict(settings=dict(volumes=[f"{a}-{c-1}" for a, c in vols], done=len(per[runs[0]]), epochs=epochs,
+        save({key: dict(settings=dict(volumes=[volume_label(v) for v in vols], done=len(per[runs[0]]), epochs=epochs,
                                        size=c2['size'], bs=c2['bs'], train_stride=cfg['stride'], overrides=rkw,
                                        note='each volume held out once, trained on every '
                                             f"{cfg['stride']}th slice of all others; mean over volumes, CI by volume"),
@@ -295,19 +304,25 @@ def lovo_summary(per):
     "Per run: the mean lesion Dice over held-out volumes with its CI; and pretrained − scratch paired by volume."
     out = {k: dict(mean_lesion_dice=round(float(np.mean([o['lesion_dice'] for o in v])), 4),
                    ci=_ci([o['lesion_dice'] for o in v]), per_volume=v) for k, v in per.items()}
-    if per.get('pretrained') and len(per.get('scratch', [])) == len(per['pretrained']):
-        d = [a['lesion_dice'] - b['lesion_dice'] for a, b in zip(per['pretrained'], per['scratch'])]
-        out['pretrained_minus_scratch'] = dict(mean=round(float(np.mean(d)), 4), ci=_ci(d),
-                                               volumes_won=int(sum(x > 0 for x in d)), n_volumes=len(d))
+    d = paired_diff(per['pretrained'], per['scratch'], won='volumes_won') if per.get('pretrained') and \
+        per.get('scratch') else None
+    if d: out['pretrained_minus_scratch'] = d
     return out
+
+
+def paired_diff(a, b, key='lesion_dice', won=None):
+    """`a` − `b` of per-volume results `key`, paired by held-out volume: mean, CI by volume, how many volumes `a`
+    wins (under the name `won`, if given) and how many there are; None unless both cover the same volumes."""
+    if [o['volume'] for o in a] != [o['volume'] for o in b]: return None
+    d = [x[key] - y[key] for x, y in zip(a, b)]
+    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), **({won: int(sum(x > 0 for x in d))} if won else {}),
+                n_volumes=len(d))
 
 
 def variant_vs_base(variant, base, run='pretrained'):
     "A LOVO variant's `run` minus the base study's, paired by held-out volume (both must cover the same volumes)."
-    a, b = variant[run]['per_volume'], base[run]['per_volume']
-    if [o['volume'] for o in a] != [o['volume'] for o in b]: return None
-    d = [x['lesion_dice'] - y['lesion_dice'] for x, y in zip(a, b)]
-    return dict(mean=round(float(np.mean(d)), 4), ci=_ci(d), n_volumes=len(d), run=run)
+    d = paired_diff(variant[run]['per_volume'], base[run]['per_volume'])
+    return d and dict(d, run=run)
 
 
 def _epochs(run, planned):
