@@ -292,3 +292,20 @@ def test_colour_dicom_is_decoded_once(tmp_path, monkeypatch):
     x = OpenImage('xray').array(f)
     assert x.shape == (40, 30, 3) and np.array_equal(x, rgb)
     assert len(calls) <= 1, f"decoded {len(calls)} times"
+
+
+def test_gray_images_show_bright_as_bright(tmp_path):
+    "A one-channel CT/MRI in `show_batch` is drawn black = low intensity (fastai's `Greys` would invert it)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = []
+    for i in range(8):
+        a = np.zeros((64, 64), np.uint8); a[16:48, 16:48] = 220   # bright square on a black background
+        Image.fromarray(a).save(tmp_path/f"{i}.png")
+        rows.append((str(tmp_path/f"{i}.png"), 'ab'[i % 2], 'valid' if i > 5 else 'train'))
+    dls = classification_dls(pd.DataFrame(rows, columns=['path', 'label', 'split']), opener='gray', size=32, bs=4, aug='none')
+    dls.show_batch(max_n=1, figsize=(2, 2))
+    im = plt.gcf().axes[0].images[0]
+    rgb = im.to_rgba(im.get_array())[..., :3].mean(-1)   # the colours drawn for each pixel
+    plt.close('all')
+    assert rgb[16, 16] > 0.7 and rgb[1, 1] < 0.1, (rgb[16, 16], rgb[1, 1])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import (DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock, ColReader, ColSplitter,
     Resize, RandomResizedCrop, aug_transforms, Normalize, imagenet_stats, PILImage, PILImageBW, TensorImage,
+    TensorImageBW,
     Transform, ResizeMethod, PadMode, Flip, Rotate, Brightness, Contrast, Zoom, AffineCoordTfm, IntToFloatTensor)
 from fastai.vision.augment import _draw_mask, affine_mat
 from fastcore.basics import partial
@@ -20,10 +21,10 @@ from ..io import DICOM_EXTS, PIL_EXTS, file_ext, list_files
 
 # %% auto #0
 __all__ = ['AUG_ALIASES', 'AUG_PRESETS', 'CHESTCT_ALIASES', 'SPLIT_NAMES', 'finish_items', 'split_name', 'split_items',
-           'oversample', 'sample_weights', 'OpenImage', 'GaussianNoise', 'shear_mat', 'Shear', 'aug_preset',
-           'TorchvisionTfm', 'keras_affine_mat', 'faithful_preset', 'CachedOpen', 'image_cache', 'classification_dls',
-           'parse_target', 'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders', 'read_chestct',
-           'inference_dl']
+           'oversample', 'sample_weights', 'TensorImageGray', 'PILImageGray', 'OpenImage', 'GaussianNoise', 'shear_mat',
+           'Shear', 'aug_preset', 'TorchvisionTfm', 'keras_affine_mat', 'faithful_preset', 'CachedOpen', 'image_cache',
+           'classification_dls', 'parse_target', 'read_unifesp', 'chestct_class', 'split_folders', 'read_class_folders',
+           'read_chestct', 'inference_dl']
 
 # %% ../../nbs/11_data.classification.ipynb #a452c00d
 def finish_items(df:pd.DataFrame, classes, layout:str, split_name:str=None):
@@ -92,6 +93,15 @@ def sample_weights(df:pd.DataFrame, # Item table (only training rows are weighte
     tr = df.loc[df['split'] == 'train', col].astype(str)
     return (1.0 / tr.map(tr.value_counts())).values.astype('float64')
 
+# %% ../../nbs/11_data.classification.ipynb #d4cb672f
+class TensorImageGray(TensorImageBW):
+    "A one-channel image shown black = low intensity (fastai's `TensorImageBW` uses the inverted `Greys`)."
+    _show_args = {'cmap': 'gray'}
+
+class PILImageGray(PILImageBW):
+    "`PILImageBW` that becomes a `TensorImageGray` and shows black = low intensity."
+    _show_args,_tensor_cls = {'cmap': 'gray'},TensorImageGray
+
 # %% ../../nbs/11_data.classification.ipynb #aee66069
 def _gray_dicom(fn) -> bool:
     "True for a one-sample-per-pixel DICOM (header only): colour files are decoded once, by `read_image`."
@@ -100,7 +110,7 @@ def _gray_dicom(fn) -> bool:
 
 # %% ../../nbs/11_data.classification.ipynb #a5991699
 class OpenImage:
-    "Open any supported image file as a `PILImage` (`mode='xray'`: percentile window → uint8 RGB) or `PILImageBW` (`mode='gray'`)."
+    "Open any supported image file as a `PILImage` (`mode='xray'`: percentile window → uint8 RGB) or `PILImageGray` (`mode='gray'`)."
     def __init__(self, mode:str='xray', # 'xray' (seed 000: window + RGB), 'gray' (1 channel) or 'rgb'
                  lo:float=1, hi:float=99, # Percentiles of the window (`mode='xray'`)
                  window:bool=True): # Apply the percentile window (`mode='xray'`)
@@ -135,7 +145,7 @@ class OpenImage:
         try: x = self.array(fn)
         except MedvisionError: raise
         except Exception as e: raise MedvisionError(f"cannot read image ({type(e).__name__}: {e})", fn) from e
-        return PILImageBW.create(x) if self.mode == 'gray' else PILImage.create(np.ascontiguousarray(x))
+        return PILImageGray.create(x) if self.mode == 'gray' else PILImage.create(np.ascontiguousarray(x))
 
 # %% ../../nbs/11_data.classification.ipynb #db3f3ead
 class GaussianNoise(Transform):
@@ -240,7 +250,7 @@ class CachedOpen:
     def __repr__(self): return f"CachedOpen({self.op!r}, {self.cache.size} px)"
     def __call__(self, fn):
         x = self.cache[fn]
-        return PILImageBW.create(x) if self.op.mode == 'gray' else PILImage.create(np.ascontiguousarray(x))
+        return PILImageGray.create(x) if self.op.mode == 'gray' else PILImage.create(np.ascontiguousarray(x))
 
 def image_cache(op:OpenImage, # The opener
                 fns, # The dataset's files
