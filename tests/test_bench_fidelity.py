@@ -2,8 +2,10 @@
 volume out once for both recipes alike, pairs them by volume, and merges workflows into one JSON (training itself is
 replaced by a recorder)."""
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def test_covid_recipe_changes_only_the_network_and_sources(bench_script):
@@ -126,3 +128,85 @@ def test_a_variant_merges_extra_key_by_key(bench_script):
     assert {k: x for k, x in v.extra.items() if k not in ('lesion_rule', 'lesion_weight')} == \
            {k: x for k, x in r.extra.items() if k not in ('lesion_rule', 'lesion_weight')}
     assert r.extra['lesion_rule'] == 'seed004'   # the recipe itself is untouched
+
+
+def test_mri_lopo_holds_each_patient_out_and_pairs_by_volume(monkeypatch, bench_script, tmp_path):
+    m = bench_script('fidelity')
+    folds, saved, lrs = [], [], []
+    def fake_fold(df, recipe, out, size, epochs, bs):
+        name = getattr(recipe, 'name', recipe)
+        lrs.append(recipe.lr)
+        folds.append((name, df, size, epochs, bs))
+        va = df[df.split == 'valid']
+        vols = {}
+        for i, (vol, g) in enumerate(va.groupby('volume', sort=True)):
+            good = name.startswith('seed') and i % 2 == 0   # the fake: faithful right on every other volume
+            conf = np.zeros((3, 3), int)
+            conf[0, 0 if good else 1] = len(g)
+            vols[f"{g.group.iloc[0]}/{Path(str(vol)).name}"] = dict(truth='a', vote='a' if good else 'b', slice_confusion=conf.tolist())
+        return dict(classes=['a', 'b', 'c'], volumes=vols, best_epoch=0, epochs_run=epochs, train_time_s=0.)
+    monkeypatch.setattr(m, 'mri_fold', fake_fold)
+    df = pd.DataFrame(dict(path=[f'{p}/v{j}/s{k}' for p in ('brats', 'patient01', 'patient04', 'patient19')
+                                 for j in range(2) for k in range(3)],
+                           label='T1', split='train'))
+    df['volume'] = df.path.str.rsplit('/', n=1).str[0]
+    df['group'] = df.path.str.split('/').str[0]
+    def fake_items(valid, name):
+        d = df.copy()
+        d['split'] = np.where(d.group.isin(valid), 'valid', 'train')
+        return d
+    monkeypatch.setattr(m, 'mri_items', fake_items)
+    monkeypatch.setattr(m, 'shared_data', lambda name: tmp_path)
+    res = m.bench_mri(tmp_path, epochs=2, size=64, save=saved.append)
+    assert [f[0] for f in folds] == list(m.PAIRS['mri']) * 3 and len(saved) == 3
+    held = [sorted(f[1][f[1].split == 'valid'].group.unique()) for f in folds[::2]]
+    assert held == [['patient01'], ['patient04'], ['patient19']]            # each patient held out once
+    assert all(f[2:] == (64, 2, 32) for f in folds)                          # same budget for both recipes
+    assert all('brats' not in set(f[1][f[1].split == 'valid'].group) for f in folds)   # mri-brats always trains
+    s = res['summary']
+    assert s['mri-cnn']['slice_accuracy'] == 0 and s['mri-cnn']['volume_vote_accuracy'] == 0
+    assert s['seed002-cnn']['slice_accuracy'] == 0.5 and s['seed002-cnn']['n_volumes'] == 6
+    lo, hi = s['seed002-cnn']['slice_accuracy_ci']
+    assert lo <= 0.5 <= hi
+    d = res['faithful_minus_recommended']['vote_correct']
+    assert d['mean'] == 0.5 and d['n_volumes'] == 6 and d['ci'][0] <= 0.5 <= d['ci'][1]
+    assert d['volumes_faithful_better'] == 3
+    assert s['seed002-cnn']['volume_vote_ci'] == m.wilson(3, 6)
+    lo, hi = m.wilson(8, 8)
+    assert 0.6 < lo < 0.7 and hi == 1.0   # all right: the interval does not collapse to [1, 1]
+    (tmp_path/'f.json').write_text(json.dumps({'mri': res}))   # a variant of the faithful recipe, paired with it
+    var = m.bench_mri(tmp_path, epochs=2, size=64, runs=('seed002-cnn',), faithful_kw={'lr': 0.01})
+    assert lrs[-3:] == [0.01] * 3 and lrs[0] == 1e-3   # the variant's override reached training
+    assert folds[-1][0] == 'seed002-cnn' and 'mri-cnn' not in var['runs'] and 'faithful_minus_recommended' not in var
+    vb = m.with_base(var, tmp_path/'f.json', 'mri')['variant_vs_base']
+    assert vb['minus_seed002-cnn']['vote_correct']['mean'] == 0 and vb['minus_mri-cnn']['vote_correct']['mean'] == 0.5
+
+
+def test_chestct_f1_ci_is_medvision_bootstrap(bench_script):
+    m = bench_script('fidelity')
+    from medvision.bootstrap import class_metrics
+    conf = np.array([[8, 2, 0], [1, 6, 3], [0, 0, 10]])
+    f1, ci, n = m.f1_ci(conf)
+    assert n == 30 and abs(f1 - float(class_metrics(conf)['macro_f1'])) < 1e-12
+    assert ci[0] < f1 < ci[1] and ci == m.f1_ci(conf)[1]   # seeded
+
+
+def test_chestct_trains_each_recipe_once_per_seed(monkeypatch, bench_script, tmp_path):
+    m = bench_script('fidelity')
+    calls = []
+    def fake_train(name, data, out, **kw):
+        calls.append((name, kw['seed'], kw['size'], kw['epochs']))
+        right = 8 if name.startswith('seed') else 6 + kw['seed']   # faithful: 8 of 10 right; recommended 6, then 7
+        conf = [[right // 2, 5 - right // 2], [5 - (right - right // 2), right - right // 2]]
+        return {'split': 'official', 'final': {'confusion': conf, 'accuracy': right / 10}, 'epochs_run': kw['epochs']}
+    monkeypatch.setattr(m, 'train', fake_train)
+    monkeypatch.setattr(m, 'shared_data', lambda name: tmp_path)
+    res = m.bench_chestct(tmp_path, epochs=2, size=32, seeds=(0, 1))
+    assert calls == [(n, s, 32, 2) for s in (0, 1) for n in m.PAIRS['chestct']]   # same budget, every seed
+    faithful, rec = m.PAIRS['chestct']
+    assert res['runs'][rec]['seed'] == 0 and res['runs'][rec]['accuracy'] == 0.6   # the first seed's run
+    by_seed = res['seed_summary'][rec]['macro_f1_by_seed']
+    assert list(by_seed) == ['0', '1'] and by_seed['0'] < by_seed['1']
+    d = res['faithful_minus_recommended_by_seed']
+    assert d['n_seeds'] == 2 and d['values'][0] > d['values'][1] > 0
+    assert 'seed_runs' not in m.bench_chestct(tmp_path, epochs=1, size=32)   # one seed: no spread to report
