@@ -39,15 +39,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medvision.core import shared_data, atomic_write_text
-from medvision.recipes.core import train, get_recipe, load_model_dir
-from medvision.bootstrap import unit_confusions, bootstrap_ci, class_metrics
-from transfer import covid_volumes, volume_label, covid_split, seg_score, _ci, paired_diff, mri_items   # one split
-# rule, one scorer and one pairing for every COVID benchmark; one MRI item table
+from medvision.recipes.core import train, get_recipe
+from medvision.bootstrap import unit_codes, unit_confusions, bootstrap_ci, class_metrics
+from transfer import (covid_volumes, volume_label, covid_split, seg_score, _ci, paired_diff,   # one split rule,
+    mri_items, valid_preds, volume_name)   # one scorer, one pairing, one MRI item table and one way to predict it
 
 OUT = Path(__file__).parent/'results'/'fidelity.json'
 PAIRS = {'chestct': ('seed003-cnn', 'chestct-cnn'), 'covid': ('seed004-unetpp-b3', 'covid-unetpp-b3'),
          'mri': ('seed002-cnn', 'mri-cnn')}
 MRI_PATIENTS = ('patient01', 'patient04', 'patient19')   # the Ljubljana patients, each held out once
+
+
+def variant(r, kw):
+    "Recipe `r` with fields `kw` replaced; `extra` is merged key by key (a key set to None is removed)."
+    if 'extra' in kw:
+        ex = {**(r.extra or {}), **kw['extra']}
+        kw = {**kw, 'extra': {k: v for k, v in ex.items() if v is not None}}
+    return r.replace(**kw)
 
 
 def f1_ci(conf, n_boot=1000, seed=0):
@@ -98,24 +106,20 @@ def seed_spread(per_seed):
                 faithful_minus_recommended_by_seed=dict(values=[round(float(x), 4) for x in d],
                                                         mean=round(float(d.mean()), 4), n_seeds=len(d)))
 
+
 def mri_fold(df, recipe, out, size, epochs, bs):
     "Train `recipe` (a name or `Recipe`) on `df`'s train rows; per held-out volume its slices' confusion and vote."
-    from medvision.interpret.classification import get_preds
     from medvision.data.mri import vote_volumes
     t0 = time.time()
     r = train(recipe, df, out, size=size, epochs=epochs, bs=bs, show_progress=False, overwrite=True)
-    _, learn = load_model_dir(out, df)
-    cp = get_preds(learn, learn.dls.valid)
-    va = cp.items.reset_index(drop=True)
-    vv = vote_volumes(va, cp.probs, cp.classes)
-    n, vols = len(cp.classes), {}
-    for (vol, ix), row in zip(va.groupby('volume', sort=False).indices.items(), vv.to_dict('records')):
-        conf = unit_confusions(np.zeros(len(ix), int), np.asarray(cp.targs)[ix], cp.preds[ix], n, 1)[0]
-        vols['/'.join(Path(str(vol)).parts[-2:])] = dict(truth=str(row['label']), vote=str(row['class']),
-                                                         slice_confusion=conf.tolist())
+    cp, va = valid_preds(df, out)
+    codes, names = unit_codes(va['volume'])
+    confs = dict(zip(names, unit_confusions(codes, cp.targs, cp.preds, len(cp.classes), len(names))))
+    vols = {volume_name(o['path']): dict(truth=str(o['label']), vote=str(o['class']),
+                                         slice_confusion=confs[str(o['path'])].tolist())
+            for o in vote_volumes(va, cp.probs, cp.classes).to_dict('records')}
     return dict(classes=list(cp.classes), volumes=vols, best_epoch=r['best_epoch'], epochs_run=r['epochs_run'],
                 train_time_s=round(time.time() - t0, 1))
-
 
 def mri_volumes(folds):
     "One row per held-out volume of a recipe's folds: `volume`, `vote_correct` (0/1), `slice_accuracy`; sorted."
@@ -186,6 +190,7 @@ def bench_mri(tmp, epochs=15, size=128, bs=32, save=lambda res: None, patients=M
         save(res)
     return res
 
+
 def covid_recipe(name, arch):
     "The registered recipe with only what this data forces changed: no `sources` filter (one source, 'png')."
     r = get_recipe(name)
@@ -212,14 +217,6 @@ def covid_summary(runs):
     if not all(runs.get(k) for k in PAIRS['covid']): return dict(summary=summ)   # a variant run alone
     return dict(summary=summ, faithful_minus_recommended=covid_diff(runs),
                 faithful_minus_recommended_last_epoch=covid_diff(runs, 'last_epoch_lesion_dice'))
-
-
-def variant(r, kw):
-    "Recipe `r` with fields `kw` replaced; `extra` is merged key by key (a key set to None is removed)."
-    if 'extra' in kw:
-        ex = {**(r.extra or {}), **kw['extra']}
-        kw = {**kw, 'extra': {k: v for k, v in ex.items() if v is not None}}
-    return r.replace(**kw)
 
 
 def bench_covid(tmp, epochs=10, size=128, arch='unetpp-efflite0', stride=4, volumes=None, save=lambda res: None,
@@ -284,6 +281,7 @@ def with_base(res, out=OUT, workflow='covid'):
     if not var: return res
     return {**res, 'variant_vs_base': {f'minus_{k}{sfx}': d for k in PAIRS[workflow] if k in base
                                        for sfx, d in vs_base(workflow, var, base[k]).items()}}
+
 
 def save_workflow(name, res, out=OUT):
     "Merge one workflow's results into the JSON (other workflows' results are kept)."

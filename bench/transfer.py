@@ -96,13 +96,23 @@ def cls_run(df, recipe, cfg, out, **kw):
     return cls_score(df, r, out, res, **kw)
 
 
+def valid_preds(df, out):
+    "`(ClassPreds, items)` of the model saved in `out` on `df`'s validation rows."
+    from medvision.interpret.classification import get_preds
+    _, learn = load_model_dir(out, df)
+    cp = get_preds(learn, learn.dls.valid)
+    return cp, cp.items.reset_index(drop=True)
+
+
+def volume_name(path):
+    "'<folder>/<file>' of a volume: the name that pairs MRI runs by held-out volume in the JSON."
+    return '/'.join(Path(str(path)).parts[-2:])
+
+
 def cls_score(df, r, out, res, **kw):
     "The run dict of the model saved in `out` (`res`: train's metrics dict, or `partial_res` of a stopped run)."
-    _, learn = load_model_dir(out, df)
-    from medvision.interpret.classification import get_preds
-    cp = get_preds(learn, learn.dls.valid)
+    cp, va = valid_preds(df, out)
     y, p = np.asarray(cp.targs), cp.preds
-    va = cp.items.reset_index(drop=True)
     run = dict(recipe=r.name, arch=res.get('recipe', {}).get('arch', r.arch) if isinstance(res.get('recipe'), dict) else r.arch,
                pretrained=kw.get('pretrained', r.pretrained), macro_f1=round(_f1(y, p), 4),
                ci=bootstrap(va['group'], lambda i: _f1(y[i], p[i])), accuracy=round(float((y == p).mean()), 4),
@@ -115,7 +125,7 @@ def cls_score(df, r, out, res, **kw):
         run['volume_accuracy'] = round(float(ok.mean()), 4)
         run['volume_ci'] = bootstrap(vv.index, lambda i: ok[i].mean())
         run['n_volumes'] = len(vv)
-        run['volumes'] = {'/'.join(Path(str(v)).parts[-2:]): [str(a), str(b)]   # truth, vote
+        run['volumes'] = {volume_name(v): [str(a), str(b)]   # truth, vote
                           for v, a, b in zip(vv['path'], vv['label'], vv['class'])}
     return run
 
